@@ -1,0 +1,1 @@
+"""normlab: normalization, activations, initialization and regularization of deep nets in JAX."""

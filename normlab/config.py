@@ -1,0 +1,166 @@
+"""Config files: `configs/x.py:key=value,...` plus `--config.a.b=v` overrides.
+
+A config file defines `get_config(arg: str | None) -> ConfigDict` and optionally
+`sweep(add, arg)`. The text after the colon is handed to `get_config`, which usually parses it
+with `parse_arg` (typed `key=value` pairs; a bare key means `key=True`, as in big_vision's
+`runlocal`):
+
+    config = load_config("configs/mnist_mlp.py:norm=batch,runlocal")
+    apply_overrides(config, ["optimizer.lr=0.5", "model.width=200"])
+
+Override values are parsed against the type of the field they replace (a float field takes
+"0.5", a bool takes "true"/"false", a tuple takes "(1, 2)"), so a typo fails with a message
+instead of silently becoming a string. Unknown keys fail listing the keys that exist.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _parse_value(text: str, like: Any, where: str) -> Any:
+    """Parses `text` into the type of `like` (the current value of the field)."""
+    if isinstance(like, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{where}: expected a bool (true/false), got {text!r}")
+    if isinstance(like, int | float) and not isinstance(like, bool):
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{where}: expected a {type(like).__name__}, got {text!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: expected a {type(like).__name__}, got {text!r}")
+        if isinstance(like, int) and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{where}: expected an int, got {text!r}")
+            value = int(value)
+        return type(like)(value)
+    if isinstance(like, tuple | list):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not isinstance(value, tuple | list):
+            value = (value,)
+        return type(like)(value)
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses `key=value,key2=value2,flag` into a ConfigDict typed by `defaults`.
+
+    Every key must appear in `defaults` (its default fixes the type); a bare `flag` sets a bool
+    default to True. Example: `parse_arg("norm=group,runlocal", norm="batch", runlocal=False)`.
+    """
+    result = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return result
+    for item in arg.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, has_value, text = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"unknown config argument {key!r}; valid arguments: {', '.join(sorted(defaults))}"
+            )
+        if not has_value:
+            if not isinstance(defaults[key], bool):
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+            result[key] = True
+        else:
+            result[key] = _parse_value(text, defaults[key], f"config argument {key!r}")
+    return result
+
+
+def load_module(path: str | Path) -> ModuleType:
+    """Imports a config file by path (it need not be on `sys.path`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    name = f"normlab_config_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {str(path)!r} defines no get_config(arg)")
+    return module
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`"configs/x.py:a=1"` → `("configs/x.py", "a=1")`; no colon → arg None."""
+    path, colon, arg = spec.partition(":")
+    return path, (arg if colon else None)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` and returns `get_config(arg)`, unlocked for overrides."""
+    path, arg = split_spec(spec)
+    config = load_module(path).get_config(arg)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"get_config in {path!r} must return an ml_collections.ConfigDict")
+    return config
+
+
+def _field_type(parent: ml_collections.ConfigDict, key: str) -> Any:
+    """The current value of `parent.key`, or a typed placeholder's type for `None` fields."""
+    field = parent.get_ref(key) if hasattr(parent, "get_ref") else None
+    value = parent[key]
+    if value is None and field is not None and field.get_type() is not type(None):
+        return field.get_type()()  # an instance of the placeholder's type, only for parsing
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
+    """Applies one `a.b.c=value` override in place."""
+    key, has_value, text = assignment.partition("=")
+    if not has_value:
+        raise ValueError(f"override {assignment!r} must look like key=value")
+    parts = key.strip().removeprefix("config.").split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:depth]) or "config"
+            valid = ", ".join(sorted(node.keys())) if isinstance(node, dict | ml_collections.ConfigDict) else "(none)"
+            raise ValueError(f"unknown config field {key!r}: {where} has fields {valid}")
+        if depth < len(parts) - 1:
+            node = node[part]
+    last = parts[-1]
+    like = _field_type(node, last)
+    if isinstance(like, ml_collections.ConfigDict):
+        raise ValueError(f"config field {key!r} is a group; override one of its fields")
+    value = None if text.strip() == "None" else _parse_value(text, like, f"--config.{key}")
+    with node.unlocked():
+        node[last] = value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, assignments: Iterable[str]) -> None:
+    """Applies every `a.b=value` override in order."""
+    for assignment in assignments:
+        apply_override(config, assignment)
+
+
+def placeholder(kind: type) -> Any:
+    """A typed `None` field that the command line can still set (ml_collections trap)."""
+    return config_dict.placeholder(kind)
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A plain, JSON-friendly dict of the config (tuples become lists)."""
+    return config.to_dict()

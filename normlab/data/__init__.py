@@ -1,0 +1,1 @@
+"""Data: TFDS sources, loaders, augmentation and fitted input preprocessing."""

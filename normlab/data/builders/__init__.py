@@ -1,0 +1,25 @@
+"""normlab's TFDS builders: the original archives → TFDS array_record files, with no TensorFlow.
+
+Builder names carry a `normlab_` prefix so they never clash with TFDS's own `mnist`, `cifar10`,
+...; the user-facing names are the keys of `BUILDERS`.
+
+    from normlab.data.builders import BUILDERS
+    builder = BUILDERS["mnist"](data_dir="/tmp/tfds", file_format="array_record")
+"""
+
+from normlab.data.builders.base import NormlabBuilder
+from normlab.data.builders.cifar import NormlabCifar10, NormlabCifar100
+from normlab.data.builders.mnist import NormlabFashionMnist, NormlabMnist
+
+BUILDERS: dict[str, type[NormlabBuilder]] = {
+    cls.DATASET: cls for cls in (NormlabMnist, NormlabFashionMnist, NormlabCifar10, NormlabCifar100)
+}
+
+__all__ = [
+    "BUILDERS",
+    "NormlabBuilder",
+    "NormlabCifar10",
+    "NormlabCifar100",
+    "NormlabFashionMnist",
+    "NormlabMnist",
+]

@@ -1,0 +1,116 @@
+"""`normlab data`: prepare datasets from their original files and show what is where.
+
+    normlab data prepare mnist --from /work/shared/datasets     # offline, from a local folder
+    normlab data prepare cifar10                                # downloads (needs internet)
+    normlab data info                                           # every dataset, sizes, status
+    normlab data info cifar10                                   # incl. partial splits
+
+Wiring (in the CLI): `command.add_subcommand(subparsers)`; then `args.func(args)` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from normlab.data import archives, datasets
+from normlab.registry import DATASETS
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds `data prepare` and `data info` to `subparsers`; sets `func=run` on the namespace.
+
+        parser = argparse.ArgumentParser(prog="normlab")
+        add_subcommand(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["data", "info", "mnist"])
+        exit_status = args.func(args)
+    """
+    data = subparsers.add_parser("data", help="prepare datasets and show where they are")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    def add_dirs(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir",
+            help="archives directory, one sub-folder per dataset "
+            "(default: $NORMLAB_DATA_DIR, else ~/.cache/normlab/archives)",
+        )
+        p.add_argument(
+            "--tfds-dir",
+            help="prepared TFDS data (default: $NORMLAB_TFDS_DIR, else ~/.cache/normlab/tfds)",
+        )
+
+    prepare = sub.add_parser("prepare", help="build the TFDS data of a dataset from its files")
+    prepare.add_argument("name", help=f"one of {', '.join(archives.ARCHIVE_DATASETS)}")
+    prepare.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="folder holding the original files (or a NAME/ sub-folder with them); without it "
+        "they are taken from --data-dir/NAME, or downloaded there",
+    )
+    add_dirs(prepare)
+    prepare.add_argument("--no-verify", action="store_true", help="skip the sha256 checks")
+    prepare.add_argument("--force", action="store_true", help="rebuild if already prepared")
+
+    info = sub.add_parser("info", help="splits, sizes, partial splits and locations")
+    info.add_argument("name", nargs="?", help="a dataset (default: all of normlab's)")
+    add_dirs(info)
+    data.set_defaults(func=run)
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the parsed `data` sub-command; returns the process exit status."""
+    try:
+        if args.data_command == "prepare":
+            return _prepare(args)
+        return _info(args)
+    except ValueError as err:  # DatasetNotFoundError, ChecksumError, bad names: say it plainly
+        print(f"error: {err}")
+        return 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    if args.name == "digits":
+        print("digits is bundled with scikit-learn: nothing to prepare")
+        return 0
+    start = time.perf_counter()
+    folder = datasets.prepare(
+        args.name,
+        source=args.source,
+        data_dir=args.data_dir,
+        tfds_dir=args.tfds_dir,
+        verify=not args.no_verify,
+        force=args.force,
+    )
+    print(f"prepared {args.name} in {folder} ({time.perf_counter() - start:.1f} s)")
+    _print_info(args.name, args.data_dir, args.tfds_dir)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else DATASETS.names()
+    for name in names:
+        _print_info(name, args.data_dir, args.tfds_dir)
+    return 0
+
+
+def _print_info(name: str, data_dir: str | None, tfds_dir: str | None) -> None:
+    info = datasets.dataset_info(name, data_dir=data_dir, tfds_dir=tfds_dir, prepare=False)
+    shape = "x".join(str(d) for d in info.image_shape)
+    print(f"{name}: {info.num_classes} classes, images {shape}")
+    print("  splits: " + ", ".join(f"{s} {n:,}" for s, n in info.splits.items()))
+    for split, what in info.partial_splits.items():
+        print(f"  PARTIAL {split}: {what}")
+    if name == "digits":
+        print("  source: scikit-learn's bundled digits (no files needed)")
+        return
+    if name not in archives.ARCHIVE_DATASETS:
+        print(f"  prepared: {datasets.resolve_tfds_dir(tfds_dir)} (TFDS)")
+        return
+    prepared = datasets.prepared_dir(name, tfds_dir)
+    print(f"  prepared: {prepared or 'no (sizes above are the official ones)'}")
+    folder = datasets.resolve_data_dir(data_dir) / name
+    layout = archives.find_layout(name, folder)
+    found = ", ".join(layout.files) if layout else "not found"
+    print(f"  archives: {folder}: {found}")

@@ -1,0 +1,150 @@
+"""Multilayer perceptron: the BN paper's MNIST net and the plain deep nets of the init demos.
+
+    h_0 = flatten(x),  h_l = act(norm(W_l·h_{l−1} + b_l)),  l = 1..depth,  logits = W·h_depth + b
+
+    from normlab.registry import MODELS
+    bn_paper = MODELS.build("mlp", depth=3, width=100, activation="sigmoid", norm="batch")
+    deep = MODELS.build("mlp", depth=30, width=256, activation="tanh", norm="none",
+                        kernel_init="normal", kernel_init_kwargs={"std": 0.01})
+    variables = bn_paper.init(jax.random.key(0), x_N28x28x1, train=False)
+    logits_NC = bn_paper.apply(variables, x_N28x28x1, train=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from normlab.models import HEAD, build_initializer, layer_name
+from normlab.nn.dropout import Dropout
+from normlab.nn.norm_act import NormAct
+from normlab.registry import MODELS
+
+
+class DenseNormAct(nn.Module):
+    """One hidden layer: y = act(norm(x·W + b)) (`NormAct` picks the Proxy Norm composite).
+
+    Attributes:
+      features: output width.
+      norm, activation, norm_kwargs, act_kwargs: as in `NormAct`.
+      kernel_init: the init function of W.
+      use_bias: whether to add b.
+      dtype: computation dtype of the matmul (None: from the input and params).
+
+        layer = DenseNormAct(features=100, norm="batch", activation="sigmoid",
+                             kernel_init=nn.initializers.lecun_normal())
+        variables = layer.init(jax.random.key(0), x_NC, train=False)
+    """
+
+    features: int
+    norm: str = "none"
+    activation: str = "relu"
+    norm_kwargs: Mapping[str, Any] | None = None
+    act_kwargs: Mapping[str, Any] | None = None
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    use_bias: bool = True
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        y = nn.Dense(
+            self.features,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="dense",
+        )(x)
+        return NormAct(
+            norm=self.norm,
+            activation=self.activation,
+            norm_kwargs=self.norm_kwargs,
+            act_kwargs=self.act_kwargs,
+            name="norm_act",
+        )(y, train=train)
+
+
+@MODELS.register("mlp")
+class MLP(nn.Module):
+    """Flatten, `depth` hidden layers Dense → NormAct (→ Dropout), then a Dense head.
+
+    y_l = act(norm(W_l·y_{l−1} + b_l)); logits = W_head·y_depth + b_head. The defaults are the
+    BN paper's MNIST baseline (3 hidden layers of 100 sigmoid units, no normalization); set
+    `norm="batch"` for its BN version. Every Dense has a bias (`use_bias=True`), as in the
+    paper's net, although a bias right before BN is redundant: BN subtracts the batch mean, so b
+    cancels and BN's own β plays its role (b then only receives zero gradient).
+
+    Attributes:
+      num_classes: width of the head.
+      depth: number of hidden layers (0: a linear classifier).
+      width: width of every hidden layer.
+      widths: per-layer widths; when given, it replaces `depth` and `width`.
+      norm, activation, norm_kwargs, act_kwargs: of every hidden layer (`NormAct`).
+      kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options for every Dense kernel,
+        the head's included (biases start at 0).
+      use_bias: bias in the hidden Dense layers.
+      dropout_rate: inverted dropout after each hidden activation (0: none).
+      dtype: computation dtype of the Dense layers.
+
+    Layers are named layer_00, layer_01, ... (`normlab.models.layer_name`), the head "head".
+
+        model = MLP(depth=30, width=64, activation="tanh", kernel_init="xavier_normal")
+        variables = model.init(jax.random.key(0), x_NHWC, train=False)
+        logits, inter = model.apply(variables, x_NHWC, train=False, mutable=["intermediates"])
+        # inter["intermediates"]["layer_07"]["norm_act"]["preact"][0]: layer 8's pre-activation
+    """
+
+    num_classes: int = 10
+    depth: int = 3
+    width: int = 100
+    widths: Sequence[int] | None = None
+    norm: str = "none"
+    activation: str = "sigmoid"
+    norm_kwargs: Mapping[str, Any] | None = None
+    act_kwargs: Mapping[str, Any] | None = None
+    kernel_init: str = "lecun_normal"
+    kernel_init_kwargs: Mapping[str, Any] | None = None
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = None
+
+    def _hidden_widths(self) -> tuple[int, ...]:
+        if self.widths is not None:
+            widths = tuple(self.widths)
+            if any(not isinstance(w, int) or w < 1 for w in widths):
+                raise ValueError(f"MLP: widths must be ints >= 1, got widths={self.widths}")
+            return widths
+        if not isinstance(self.depth, int) or self.depth < 0:
+            raise ValueError(f"MLP: depth must be an int >= 0, got depth={self.depth!r}")
+        if not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"MLP: width must be an int >= 1, got width={self.width!r}")
+        return (self.width,) * self.depth
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        widths = self._hidden_widths()
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"MLP: num_classes must be an int >= 1, got {self.num_classes!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"MLP: dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if x.ndim < 2:
+            raise ValueError(f"MLP: input must be (N, ...) with ndim >= 2, got shape={x.shape}")
+        init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
+        h = x.reshape(x.shape[0], -1)
+        for index, features in enumerate(widths):
+            h = DenseNormAct(
+                features=features,
+                norm=self.norm,
+                activation=self.activation,
+                norm_kwargs=self.norm_kwargs,
+                act_kwargs=self.act_kwargs,
+                kernel_init=init,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                name=layer_name(index, len(widths)),
+            )(h, train=train)
+            if self.dropout_rate > 0:
+                h = Dropout(rate=self.dropout_rate)(h, train=train)
+        return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)(h)

@@ -1,0 +1,1 @@
+"""Neural-network components: norms, activations, initializers, regularizers, conv as matmul."""

@@ -1,0 +1,225 @@
+"""Proxy Normalization (Labatie et al., NeurIPS 2021), exactly as SPEC §1.2.
+
+A batch-independent norm (LN or GN, *without* its own affine) gives y; the PN-activation then
+computes, per channel c (the last axis),
+
+    z = (φ(γ_c·y + β_c) − μ̃_c) / sqrt(σ̃²_c + ε),
+
+where μ̃_c, σ̃²_c are the mean and variance of φ(γ_c·Ỹ_c + β_c) for a Gaussian *proxy*
+Ỹ_c ~ N(β̃_c, (1 + γ̃_c)²). The expectation is taken over n deterministic Gaussian quantiles
+u_i = Φ⁻¹((i + ½)/n): Ỹ_ic = β̃_c + (1 + γ̃_c)·u_i, μ̃_c = mean_i φ(γ_c·Ỹ_ic + β_c) and
+σ̃²_c = mean_i (φ(γ_c·Ỹ_ic + β_c) − μ̃_c)² (population variance, float32). The statistics depend
+on the parameters only — never on the batch — cost O(n·C), and autodiff carries gradients through
+them. No affine follows PN. The proxy parameters β̃ ("proxy_bias") and γ̃ ("proxy_scale") start at
+0 and get their own weight decay (`proxy_weight_decay`, SPEC §1.2 step 5), which pulls the proxy
+toward N(0, 1).
+
+    from normlab.registry import NORMS
+    pn = NORMS.build("group+proxy", num_groups=8, activation="silu")
+    variables = pn.init(jax.random.key(0), x_NHWC)
+    z_NHWC = pn.apply(variables, x_NHWC, train=True)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normlab.nn.activations import make_activation
+from normlab.nn.norms import GroupNorm, LayerNorm
+from normlab.registry import NORMS
+
+try:
+    from scipy.special import ndtri as _inv_cdf
+except ImportError:  # scipy is optional; NormalDist's inverse CDF is also exact to ~1e-16
+    from statistics import NormalDist
+
+    _inv_cdf = np.vectorize(NormalDist().inv_cdf)
+
+
+@functools.lru_cache(maxsize=16)
+def gaussian_quantiles(n: int) -> np.ndarray:
+    """u_i = Φ⁻¹((i + ½)/n), i = 0..n−1, as a read-only float64 array of shape (n,).
+
+        u = gaussian_quantiles(200)          # u.mean() == 0, u.var() ≈ 0.99
+    """
+    if n < 2:
+        raise ValueError(f"gaussian_quantiles: need n >= 2, got n={n}")
+    u = np.asarray(_inv_cdf((np.arange(n, dtype=np.float64) + 0.5) / n), np.float64)
+    u.flags.writeable = False
+    return u
+
+
+def proxy_moments(
+    act: Callable[[jax.Array], jax.Array],
+    scale_C: jax.Array,
+    bias_C: jax.Array,
+    proxy_bias_C: jax.Array,
+    proxy_scale_C: jax.Array,
+    u_n: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """(μ̃_C, σ̃²_C): mean and population variance over i of φ(γ·(β̃ + (1+γ̃)·u_i) + β).
+
+        mean_C, var_C = proxy_moments(jax.nn.relu, ones, zeros, zeros, zeros,
+                                      jnp.asarray(gaussian_quantiles(200), jnp.float32))
+        # mean_C ≈ 0.398451, var_C ≈ 0.338035
+    """
+    proxy_nC = proxy_bias_C + (1.0 + proxy_scale_C) * u_n[:, None]
+    a_nC = act(scale_C * proxy_nC + bias_C)
+    mean_C = jnp.mean(a_nC, axis=0)
+    var_C = jnp.mean(jnp.square(a_nC - mean_C), axis=0)
+    return mean_C, var_C
+
+
+class ProxyActivation(nn.Module):
+    """The PN-activation z = (φ(γ·y + β) − μ̃) / sqrt(σ̃² + ε) on an already-normalized y.
+
+    Per-channel params (last axis), float32: "scale" γ (init 1), "bias" β (init 0),
+    "proxy_bias" β̃ (init 0), "proxy_scale" γ̃ (init 0). μ̃, σ̃² are computed from the proxy
+    (module docstring) and sown as intermediates "proxy_mean", "proxy_var". A "prelu" activation
+    is one module applied to both y and the proxy, so its slope is shared.
+
+    Attributes:
+      activation: `ACTIVATIONS` name of φ.
+      num_quantiles: n, the number of Gaussian quantiles (≥ 2).
+      epsilon: ε ≥ 0 added to σ̃² (0.03 in the paper, large enough to keep 1/sqrt(σ̃²+ε) bounded
+        when φ(γ·Ỹ+β) is nearly constant).
+      dtype: output dtype (default: y's); the computation is float32 whatever y's dtype.
+
+        act = ProxyActivation(activation="relu")
+        variables = act.init(jax.random.key(0), y_NC)
+        z_NC, state = act.apply(variables, y_NC, mutable=["intermediates"])
+    """
+
+    activation: str = "relu"
+    num_quantiles: int = 200
+    epsilon: float = 0.03
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, y: jax.Array) -> jax.Array:
+        check_proxy_args("ProxyActivation", self.num_quantiles, self.epsilon)
+        act = make_activation(self.activation)
+        channels = y.shape[-1]
+        scale_C = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias_C = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        proxy_bias_C = self.param("proxy_bias", nn.initializers.zeros, (channels,),
+                                  self.param_dtype)
+        proxy_scale_C = self.param("proxy_scale", nn.initializers.zeros, (channels,),
+                                   self.param_dtype)
+        scale_C, bias_C, proxy_bias_C, proxy_scale_C = (
+            p.astype(jnp.float32) for p in (scale_C, bias_C, proxy_bias_C, proxy_scale_C)
+        )
+        u_n = jnp.asarray(gaussian_quantiles(self.num_quantiles), jnp.float32)
+        mean_C, var_C = proxy_moments(act, scale_C, bias_C, proxy_bias_C, proxy_scale_C, u_n)
+        self.sow("intermediates", "proxy_mean", mean_C)
+        self.sow("intermediates", "proxy_var", var_C)
+        a = act(scale_C * y.astype(jnp.float32) + bias_C)
+        z = (a - mean_C) * jax.lax.rsqrt(var_C + self.epsilon)
+        return z.astype(self.dtype or y.dtype)
+
+
+def check_proxy_args(layer: str, num_quantiles: int, epsilon: float) -> None:
+    """ValueError unless num_quantiles ≥ 2 and epsilon ≥ 0."""
+    if num_quantiles < 2:
+        raise ValueError(f"{layer}: num_quantiles must be >= 2, got num_quantiles={num_quantiles}")
+    if epsilon < 0:
+        raise ValueError(f"{layer}: epsilon must be >= 0, got epsilon={epsilon}")
+
+
+class _NormProxy(nn.Module):
+    """Fields shared by the Proxy Norm composites (not registered)."""
+
+    activation: str = "relu"
+    num_quantiles: int = 200
+    epsilon: float = 0.03
+    norm_epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _proxy(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        # diagnostics read the input of the nonlinearity as "preact" (see normlab.nn.norm_act)
+        self.sow("intermediates", "preact", y)
+        return ProxyActivation(
+            activation=self.activation, num_quantiles=self.num_quantiles, epsilon=self.epsilon,
+            dtype=self.dtype or x.dtype, param_dtype=self.param_dtype, name="proxy",
+        )(y)
+
+
+@NORMS.register("layer+proxy")
+class LayerNormProxy(_NormProxy):
+    """LN + PN: z = PN-act(y), y = (x − μ)/sqrt(σ² + ε_norm) per example over (H, W, C).
+
+    y comes from `LayerNorm(use_scale=False, use_bias=False, epsilon=norm_epsilon)` in float32;
+    the affine, φ and the proxy normalization are `ProxyActivation` (params under "proxy").
+    The activation is part of this layer: apply no other after it. `train` changes nothing.
+
+        pn = LayerNormProxy(activation="relu")
+        z = pn.apply(pn.init(jax.random.key(0), x_NHWC), x_NHWC)
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_proxy_args("LayerNormProxy", self.num_quantiles, self.epsilon)
+        y = LayerNorm(epsilon=self.norm_epsilon, use_scale=False, use_bias=False,
+                      dtype=jnp.float32, name="norm")(x, train=train)
+        return self._proxy(x, y)
+
+
+@NORMS.register("group+proxy")
+class GroupNormProxy(_NormProxy):
+    """GN + PN: z = PN-act(y), y = (x − μ_g)/sqrt(σ²_g + ε_norm) per example and group.
+
+    Give exactly one of `num_groups` and `group_size` (as for `GroupNorm`). y comes from
+    `GroupNorm(use_scale=False, use_bias=False, epsilon=norm_epsilon)` in float32; the affine,
+    φ and the proxy normalization are `ProxyActivation` (params under "proxy"). The activation is
+    part of this layer: apply no other after it. `train` changes nothing.
+
+        pn = GroupNormProxy(num_groups=8, activation="silu")
+        z = pn.apply(pn.init(jax.random.key(0), x_NHWC), x_NHWC)
+    """
+
+    num_groups: int | None = None
+    group_size: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_proxy_args("GroupNormProxy", self.num_quantiles, self.epsilon)
+        y = GroupNorm(num_groups=self.num_groups, group_size=self.group_size,
+                      epsilon=self.norm_epsilon, use_scale=False, use_bias=False,
+                      dtype=jnp.float32, name="norm")(x, train=train)
+        return self._proxy(x, y)
+
+
+_PROXY_PARAMS = ("proxy_bias", "proxy_scale")
+
+
+def _is_proxy_leaf(path: tuple[Any, ...]) -> bool:
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None)) in _PROXY_PARAMS
+
+
+def proxy_param_mask(params: Any) -> Any:
+    """Pytree of bools like `params`: True on every "proxy_bias" / "proxy_scale" leaf.
+
+        tx = optax.chain(optax.add_decayed_weights(1e-4, mask=proxy_param_mask), optax.sgd(0.1))
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: _is_proxy_leaf(path), params)
+
+
+def proxy_weight_decay(params: Any) -> jax.Array:
+    """Σ β̃² + Σ γ̃² over every "proxy_bias" / "proxy_scale" leaf of `params` (0 if none).
+
+        loss = task_loss + 0.5 * wd * proxy_weight_decay(params)
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    terms = [jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+             for path, leaf in leaves if _is_proxy_leaf(path)]
+    return sum(terms, jnp.zeros((), jnp.float32))

@@ -1,0 +1,100 @@
+"""Orbax checkpoints of the train state, the fitted preprocessing and the data position.
+
+A checkpoint is written to a temporary directory and renamed when complete (orbax's atomic
+commit), so a run killed mid-save leaves the previous checkpoints intact. Restoring walks the
+checkpoints from newest to oldest and falls back, with a warning, past any it cannot read.
+The data position is the step itself: the samplers are pure functions of the step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Saves and restores `(state, preprocessing arrays, metadata)` under `workdir/checkpoints`."""
+
+    def __init__(self, workdir: str | Path, *, max_to_keep: int = 3):
+        self.directory = Path(workdir).resolve() / "checkpoints"
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk, oldest first."""
+        return sorted(self._manager.all_steps(read=True))
+
+    def save(self, step: int, state: Any, preprocess: dict[str, np.ndarray], meta: dict) -> None:
+        """Writes one checkpoint (asynchronously; `wait()` blocks until it is on disk)."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                preprocess=ocp.args.StandardSave(preprocess or {"empty": np.zeros(())}),
+                meta=ocp.args.JsonSave({**meta, "step": int(step)}),
+            ),
+            force=True,
+        )
+
+    def restore_latest(
+        self, make_abstract_state: Callable[[dict[str, np.ndarray], dict], Any]
+    ) -> tuple[Any, dict[str, np.ndarray], dict] | None:
+        """The newest readable checkpoint as (state, preprocess arrays, meta), or None.
+
+        Restores in two phases because the state's shapes depend on the fitted preprocessing
+        (PCA flattens images): first the preprocessing and metadata, then the state into
+        `make_abstract_state(preprocess, meta)` (shapes, dtypes and shardings to restore into).
+        """
+        for step in reversed(self.steps()):
+            try:
+                head = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        preprocess=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+                    ),
+                )
+                preprocess = {
+                    k: np.asarray(v) for k, v in head["preprocess"].items() if k != "empty"
+                }
+                meta = dict(head["meta"])
+                body = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(make_abstract_state(preprocess, meta))
+                    ),
+                )
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: try an older one
+                log.warning(
+                    "checkpoint at step %d is unreadable (%s); trying an older one",
+                    step,
+                    f"{type(err).__name__}: {err}"[:300],
+                )
+                continue
+            return body["state"], preprocess, meta
+        return None
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shape/dtype/sharding stand-ins of `tree`, for restoring into the same layout."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
+        tree,
+    )

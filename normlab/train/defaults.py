@@ -1,0 +1,103 @@
+"""Every field of a training config with its default; config files start from `base_config()`.
+
+Durations: exactly one of `total_steps` / `total_epochs` is non-zero (resolved in
+`validate.resolve_total_steps`). Intervals (`*_every_steps`) are 0 for "off" and must be
+multiples of `steps_per_call`, the number of steps run per jitted call.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # data: `evals` maps a metric prefix to a split (metrics `<prefix>_loss`, `<prefix>_accuracy`)
+    c.dataset = "mnist"
+    c.data_dir = ""  # archives folder; "" = $NORMLAB_DATA_DIR
+    c.tfds_dir = ""  # prepared TFDS data; "" = $NORMLAB_TFDS_DIR or ~/.cache/normlab/tfds
+    c.train_split = "train"
+    c.evals = ml_collections.ConfigDict({"eval": "test"})
+    c.pad_to = 0
+    c.preprocess = ml_collections.ConfigDict({"name": "none"})
+    c.augment = ml_collections.ConfigDict()  # name -> kwargs, applied in order
+    # durations and intervals
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.total_steps = 0
+    c.total_epochs = 0
+    c.steps_per_call = 100
+    c.log_every_steps = 100
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.diag_every_steps = 0
+    c.diag_batch_size = 256
+    c.keep_checkpoints = 3
+    # model: `name` from the model registry, every other key is a constructor argument
+    c.model = ml_collections.ConfigDict({"name": "mlp"})
+    # optimization
+    c.lr = 0.1
+    c.optimizer = ml_collections.ConfigDict({"name": "sgd"})
+    c.schedule = ml_collections.ConfigDict({"name": "constant", "warmup_steps": 0})
+    c.clip = ml_collections.ConfigDict({"name": "none"})
+    c.weight_decay = ml_collections.ConfigDict(
+        {"l2": 0.0, "l1": 0.0, "decoupled": 0.0, "proxy": 0.0}
+    )
+    c.label_smoothing = 0.0
+    # devices: one size may be -1 (the remaining devices)
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})
+    return c
+
+
+def shrink_for_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Turns any config into a seconds-long smoke test (big_vision's `runlocal`)."""
+    c.total_steps, c.total_epochs = 20, 0
+    c.steps_per_call = 5
+    c.log_every_steps = 5
+    c.eval_every_steps = 10
+    c.checkpoint_every_steps = 10
+    c.batch_size = min(c.batch_size, 32)
+    c.eval_batch_size = 256
+    c.diag_batch_size = 32
+    if c.diag_every_steps:
+        c.diag_every_steps = 10
+    return c
+
+
+RESNET_ARGS = dict(
+    model="resnet20", norm="batch", act="relu", init="kaiming_normal", preact=True,
+    residual_init="standard", conv="standard", groups=8, batch=128, lr=0.1, epochs=30,
+    steps=0, seed=0, runlocal=False,
+)
+
+
+def resnet_classifier(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A CIFAR-style ResNet classifier config from parsed `RESNET_ARGS`-style arguments.
+
+    SGD with Nesterov momentum 0.9, a cosine schedule with a 2-epoch-ish warm-up, L2 5e-4 on
+    kernels, flip + 4-pixel crop augmentation, per-channel standardization.
+    """
+    c = base_config()
+    c.seed = a.seed
+    c.batch_size = a.batch
+    c.total_epochs, c.total_steps = (0, a.steps) if a.steps else (a.epochs, 0)
+    c.steps_per_call = 50
+    c.log_every_steps = 50
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.preprocess = dict(name="standardize", per_channel=True)
+    c.augment = {"flip": {}, "crop": {"pad": 4}}
+    norm_kwargs = {"num_groups": a.groups} if a.norm.startswith(("group", "evonorm_s0")) else {}
+    c.model = dict(
+        name=a.model, norm=a.norm, activation=a.act, kernel_init=a.init, preact=a.preact,
+        residual_init=a.residual_init, conv=a.conv, norm_kwargs=norm_kwargs,
+    )
+    c.lr = a.lr * a.batch / 128  # linear scaling from the batch-128 recipe
+    c.optimizer = dict(name="nesterov", momentum=0.9)
+    c.schedule = dict(name="cosine", warmup_steps=0)
+    c.weight_decay.l2 = 5e-4
+    if a.runlocal:
+        shrink_for_runlocal(c)
+        c.model.base_width = 4
+    return c

@@ -1,0 +1,303 @@
+"""`train(config, workdir)`: the whole training run, top to bottom.
+
+The order matters and is the order of the sections below: validate (so a typo never costs a
+compile), load data, restore or fit the preprocessing (its fitted shapes decide the model's input
+shape), build the model and optimizer, restore or initialize the state, then loop. The loop runs
+chunks of `steps_per_call` steps per jitted call on device-resident data, and between chunks
+logs, evaluates, writes diagnostics and checkpoints.
+
+Faults: a non-finite loss raises `NonFiniteLossError` without saving (the last good checkpoint
+stays); SIGINT (Ctrl-C) finishes the current chunk, saves and returns; a killed run restarts from
+its newest readable checkpoint and, because batches and randomness are functions of the step,
+ends with the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from normlab.data.loader import EpochSampler
+from normlab.errors import NonFiniteLossError
+from normlab.nn.penalties import default_decay_mask
+from normlab.parallel.mesh import batch_sharded, build_mesh, replicated
+from normlab.registry import MODELS
+from normlab.train import inputs
+from normlab.train.checkpoint import Checkpointer
+from normlab.train.diagnostics import collect_preacts, layer_diagnostics
+from normlab.train.metrics import MetricWriter, Progress
+from normlab.train.optim import build_optimizer
+from normlab.train.run_info import run_info
+from normlab.train.state import TrainState, init_state
+from normlab.train.step import StepConfig, eval_step, train_chunk_from_indices
+from normlab.train.validate import model_kwargs, resolve_total_steps, validate
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: ConfigDict, num_classes: int):
+    """The config's model, constructed from its registry name with checked arguments."""
+    return MODELS.build(config.model.name, num_classes=num_classes, **model_kwargs(config))
+
+
+def build_tx(config: ConfigDict, total_steps: int):
+    """The config's optimizer chain and learning-rate function for a run of `total_steps`."""
+    return build_optimizer(
+        optimizer=config.optimizer.to_dict(),
+        schedule=config.schedule.to_dict(),
+        base_lr=config.lr,
+        total_steps=total_steps,
+        clip=config.clip.to_dict(),
+        decoupled_weight_decay=config.weight_decay.decoupled,
+        decay_mask=default_decay_mask,
+    )
+
+
+def evaluate(model, state: TrainState, x: jax.Array, y: jax.Array, batch_size: int) -> dict:
+    """Mean loss and accuracy over a whole split, one jitted scan over padded batches."""
+    n = x.shape[0]
+    batches = -(-n // batch_size)
+    pad = batches * batch_size - n
+    mask = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(batches, batch_size)
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(batches, batch_size, *x.shape[1:])
+    y = jnp.pad(y, (0, pad)).reshape(batches, batch_size)
+    sums = _eval_scan(model, state, x, y, mask)
+    count = float(sums["count"])
+    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_scan(model, state, x, y, mask):
+    def body(total, batch):
+        out = eval_step(model, state, *batch)
+        return jax.tree.map(jnp.add, total, out), None
+
+    zeros = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    return jax.lax.scan(body, jax.tree.map(jnp.float32, zeros), (x, y, mask))[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _diagnostics(model, activation: str, state: TrainState, x: jax.Array) -> dict:
+    _, variables = model.apply(state.variables(), x, train=False, mutable=["intermediates"])
+    return layer_diagnostics(collect_preacts(variables["intermediates"]), activation=activation)
+
+
+class _StopRequest:
+    """Turns the first SIGINT into a flag the loop checks between chunks (a second one kills)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.requested = True
+            signal.signal(signal.SIGINT, self._previous)
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave SIGINT alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
+    # ---------------------------------------------------------------- setup and validation
+    validate(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    mesh = build_mesh(dict(config.mesh))
+    if config.batch_size % mesh.shape["data"]:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the {mesh.shape['data']} "
+            "devices of the mesh's data axis"
+        )
+    t_start = time.time()
+
+    # ---------------------------------------------------------------- data
+    train_split, eval_splits = inputs.load_splits(config)
+    num_classes = inputs.num_classes(config)
+    train_x = inputs.to_float(train_split.images, config.pad_to)
+    total_steps = resolve_total_steps(config, len(train_x))
+    sampler = EpochSampler(len(train_x), config.batch_size, config.seed)
+
+    # ---------------------------------------------------------------- model and optimizer
+    model = build_model(config, num_classes)
+    tx, lr_fn = build_tx(config, total_steps)
+    rng = jax.random.PRNGKey(config.seed)
+
+    def abstract_state(example_x):
+        shapes = jax.eval_shape(lambda: init_state(model, tx, rng, example_x))
+        sharding = replicated(mesh)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+    # ---------------------------------------------------------------- state: restore or init
+    checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    preprocessor = None
+
+    def restore_target(pre_arrays, meta):
+        nonlocal preprocessor
+        preprocessor = inputs.join_state(pre_arrays, meta["preprocess"])
+        return abstract_state(np.asarray(preprocessor(train_x[:1])))
+
+    restored = checkpointer.restore_latest(restore_target)
+    if restored is not None:
+        state, _, meta = restored
+        log.info("resumed from the checkpoint at step %d", meta["step"])
+    else:
+        preprocessor = inputs.fit_preprocessor(config, train_x)
+        example = np.asarray(preprocessor(train_x[:1]))
+        state = jax.jit(
+            lambda: init_state(model, tx, rng, example), out_shardings=replicated(mesh)
+        )()
+    pre_arrays, pre_rest = inputs.split_state(preprocessor)
+    start_step = int(state.step)
+
+    # data on the device, replicated; each step gathers its batch and shards it over `data`
+    put = functools.partial(jax.device_put, device=replicated(mesh))
+    train_xd = put(inputs.transform(preprocessor, train_x))
+    train_yd = put(train_split.labels.astype(np.int32))
+    evals = {
+        prefix: (
+            put(inputs.transform(preprocessor, inputs.to_float(s.images, config.pad_to))),
+            put(s.labels.astype(np.int32)),
+        )
+        for prefix, s in eval_splits.items()
+    }
+    diag_x = train_xd[: config.diag_batch_size]
+
+    step_cfg = StepConfig(
+        model=model,
+        tx=tx,
+        lr_fn=lr_fn,
+        num_classes=num_classes,
+        label_smoothing=config.label_smoothing,
+        l2=config.weight_decay.l2,
+        l1=config.weight_decay.l1,
+        proxy_decay=config.weight_decay.proxy,
+        augment={name: dict(kw) for name, kw in config.augment.items()},
+        batch_sharding=batch_sharded(mesh),
+    )
+    chunk_fn = jax.jit(
+        functools.partial(train_chunk_from_indices, step_cfg),
+        donate_argnums=0,
+        out_shardings=(replicated(mesh), replicated(mesh)),
+    )
+
+    # ---------------------------------------------------------------- loop
+    writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step + 1)
+    bar = Progress(total_steps, start_step, config.batch_size, enabled=progress and is_main)
+    pending: list[dict[str, np.ndarray]] = []
+    history: list[dict[str, float]] = []
+    last_saved = checkpointer.steps()[-1] if checkpointer.steps() else None
+    step = start_step
+    t_log = time.perf_counter()
+
+    def due(every: int) -> bool:
+        return bool(every) and step % every == 0
+
+    def save() -> None:
+        nonlocal last_saved
+        meta = {
+            "preprocess": pre_rest,
+            "data_position": step,
+            "input_shape": list(train_xd.shape[1:]),
+            "config": config.to_dict(),
+        }
+        checkpointer.save(step, state, pre_arrays, meta)
+        last_saved = step
+
+    with _StopRequest() as stop:
+        while step < total_steps:
+            k = min(config.steps_per_call, total_steps - step)
+            idx = np.stack([sampler.batch_indices(s) for s in range(step, step + k)])
+            state, metrics = chunk_fn(state, train_xd, train_yd, jnp.asarray(idx, jnp.int32))
+            metrics = jax.device_get(metrics)
+            losses = metrics["train_loss"]
+            if not np.all(np.isfinite(losses)):
+                bad = step + int(np.argmin(np.isfinite(losses))) + 1
+                checkpointer.wait()
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({losses[np.argmin(np.isfinite(losses))]}) at step "
+                    f"{bad}; stopped. The last good checkpoint "
+                    + (f"(step {last_saved}) is kept in {checkpointer.directory}"
+                       if last_saved is not None else "does not exist (none was saved yet)")
+                )
+            pending.append(metrics)
+            step += k
+            bar.update(step, f"loss {float(losses[-1]):.4f}")
+
+            record: dict[str, float] = {}
+            if due(config.log_every_steps) or step == total_steps:
+                merged = {n: np.concatenate([np.atleast_1d(m[n]) for m in pending]) for n in pending[0]}
+                record.update({n: float(np.mean(v)) for n, v in merged.items()})
+                record["lr"] = float(merged["lr"][-1])
+                now = time.perf_counter()
+                record["steps_per_s"] = len(merged["lr"]) / max(now - t_log, 1e-9)
+                record["examples_per_s"] = record["steps_per_s"] * config.batch_size
+                t_log = now
+                pending.clear()
+            if due(config.eval_every_steps) or step == total_steps:
+                for prefix, (x, y) in evals.items():
+                    for name, value in evaluate(model, state, x, y, config.eval_batch_size).items():
+                        record[f"{prefix}_{name}"] = value
+            if due(config.diag_every_steps):
+                diag = jax.device_get(_diagnostics(model, config.model.activation, state, diag_x))
+                record.update({k: float(v) for k, v in diag.items()})
+            if record:
+                writer.write(step, record)
+                history.append({"step": step, **record})
+            if due(config.checkpoint_every_steps) or step == total_steps:
+                save()
+            if stop.requested:
+                save()
+                log.warning("interrupted: saved a checkpoint at step %d; rerun to resume", step)
+                break
+
+    bar.close()
+    checkpointer.close()
+    writer.close()
+    summary = _summary(history, config, total_steps, step, time.time() - t_start)
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _summary(history, config, total_steps, step, seconds) -> dict[str, Any]:
+    """Final and best values of every eval metric, with the run's provenance."""
+    final: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for record in history:
+        for name, value in record.items():
+            if name == "step" or value is None:
+                continue
+            final[name] = value
+            if name.endswith("accuracy"):
+                best[name] = max(best.get(name, -np.inf), value)
+    return {
+        "finished": step >= total_steps,
+        "step": step,
+        "total_steps": total_steps,
+        "final": final,
+        "best": best,
+        "wall_seconds_this_session": seconds,
+        **run_info(),
+    }
