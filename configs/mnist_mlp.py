@@ -17,8 +17,15 @@ from normlab.train.defaults import base_config, shrink_for_runlocal
 
 def get_config(arg=None):
     a = parse_arg(
-        arg, norm="batch", act="sigmoid", init="normal", init_std=0.1, lr=0.5, steps=50_000,
-        dataset="mnist", runlocal=False,
+        arg,
+        norm="batch",
+        act="sigmoid",
+        init="normal",
+        init_std=0.1,
+        lr=0.5,
+        steps=50_000,
+        dataset="mnist",
+        runlocal=False,
     )
     c = base_config()
     c.dataset = a.dataset
@@ -29,8 +36,13 @@ def get_config(arg=None):
     c.eval_every_steps = 5000
     c.checkpoint_every_steps = 10_000
     c.model = dict(
-        name="mlp", depth=3, width=100, norm=a.norm, activation=a.act,
-        kernel_init=a.init, kernel_init_kwargs={"std": a.init_std} if a.init == "normal" else {},
+        name="mlp",
+        depth=3,
+        width=100,
+        norm=a.norm,
+        activation=a.act,
+        kernel_init=a.init,
+        kernel_init_kwargs={"std": a.init_std} if a.init == "normal" else {},
     )
     c.lr = a.lr
     c.optimizer = dict(name="sgd")

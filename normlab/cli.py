@@ -30,7 +30,7 @@ def _split_overrides(extra: list[str]) -> list[str]:
             overrides.append(item[len("--config.") :])
             i += 1
         elif i + 1 < len(extra):
-            overrides.append(f"{item[len('--config.'):]}={extra[i + 1]}")
+            overrides.append(f"{item[len('--config.') :]}={extra[i + 1]}")
             i += 2
         else:
             raise ValueError(f"override {item!r} has no value")
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_eval(args, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        from normlab.data.command import run
-
-        return run(args)
+        return args.func(args)
     except (ValueError, FileNotFoundError, NormlabError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

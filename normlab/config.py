@@ -137,7 +137,11 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
     for depth, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             where = ".".join(parts[:depth]) or "config"
-            valid = ", ".join(sorted(node.keys())) if isinstance(node, dict | ml_collections.ConfigDict) else "(none)"
+            valid = (
+                ", ".join(sorted(node.keys()))
+                if isinstance(node, dict | ml_collections.ConfigDict)
+                else "(none)"
+            )
             raise ValueError(f"unknown config field {key!r}: {where} has fields {valid}")
         if depth < len(parts) - 1:
             node = node[part]

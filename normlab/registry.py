@@ -66,8 +66,7 @@ class Registry:
         self._load()
         if name not in self._entries:
             raise ValueError(
-                f"unknown {self.kind} {name!r}; valid {self.kind} names: "
-                + ", ".join(self.names())
+                f"unknown {self.kind} {name!r}; valid {self.kind} names: " + ", ".join(self.names())
             )
         return self._entries[name]
 
@@ -143,7 +142,11 @@ ALL: dict[str, Registry] = {
 
 def main() -> None:
     """Prints every registered name, grouped by kind."""
-    for kind, registry in ALL.items():
+    # Under `python -m` this file runs as __main__, a second copy whose registries the component
+    # modules never fill: read the imported package's registries instead.
+    from normlab import registry as package_registry
+
+    for kind, registry in package_registry.ALL.items():
         print(f"{kind}:")
         for name in registry.names():
             doc = inspect.getdoc(registry.get(name)) or ""

@@ -6,6 +6,7 @@ NORMLAB_SHARED_DATASETS); tests that need them are skipped when they are absent.
 """
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -342,3 +343,65 @@ def test_bad_files_are_refused(tmp_path):
     # A pickle naming anything but NumPy's array classes is refused (it could run code).
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         _unpickle(pickle.dumps({b"data": time.perf_counter}))
+
+
+def test_download_path_with_a_fake_server(tmp_path, monkeypatch):
+    payload = b"original archive bytes"
+    wrong = "0" * 64
+    layout = archives.Layout("idx", ("a.gz",), {"a.gz": wrong}, {"a.gz": "https://x/a.gz"})
+    monkeypatch.setattr(archives, "layouts", lambda name: (layout,))
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+    monkeypatch.setattr(archives.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    with pytest.raises(ChecksumError, match="https://x/a.gz: downloaded sha256"):
+        archives.fetch_archives("mnist", tmp_path)
+    assert not list(tmp_path.iterdir())  # the .part file is removed
+    right = archives.Layout(
+        "idx", ("a.gz",), {"a.gz": hashlib.sha256(payload).hexdigest()}, {"a.gz": "https://x/a.gz"}
+    )
+    monkeypatch.setattr(archives, "layouts", lambda name: (right,))
+    assert (archives.fetch_archives("mnist", tmp_path) / "a.gz").read_bytes() == payload
+
+
+def write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape
+    )
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_inconsistent_files_raise_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="no original files are known for dataset 'svhn'"):
+        archives.layouts("svhn")
+    with pytest.raises(ValueError, match="normlab builds only .* got 'imagenet2012'"):
+        prepare("imagenet2012")
+    with pytest.raises(DatasetNotFoundError, match="no complete set of mnist files"):
+        archives.verify_archives("mnist", tmp_path)
+    # idx: fewer labels than images; a truncated image file
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        write_idx(mnist / f"{prefix}-images-idx3-ubyte.gz", np.zeros((n, 28, 28)))
+        write_idx(mnist / f"{prefix}-labels-idx1-ubyte.gz", np.zeros(n - 1))
+    with pytest.raises(ValueError, match="mnist train: images .* do not match labels"):
+        prepare("mnist", source=tmp_path, tfds_dir=tmp_path / "tfds", verify=False, quiet=True)
+    raw = gzip.decompress((mnist / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (mnist / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-5]))
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(mnist / "t10k-images-idx3-ubyte.gz")
+    # CIFAR: a python archive without its test batch; a binary batch cut mid-record
+    cifar = tmp_path / "cifar10"
+    cifar.mkdir()
+    with tarfile.open(cifar / "cifar-10-python.tar.gz", "w:gz") as tar:
+        add_to_tar(tar, "cifar-10-batches-py/data_batch_1", b"")
+    with pytest.raises(ValueError, match="'data_batch_2'.*not found"):
+        prepare("cifar10", source=cifar, tfds_dir=tmp_path / "tfds", verify=False, quiet=True)
+    (cifar / "cifar-10-python.tar.gz").unlink()
+    with tarfile.open(cifar / "cifar-10-binary.tar.gz", "w:gz") as tar:
+        for b in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            add_to_tar(tar, f"cifar-10-batches-bin/{b}.bin", bytes(3073 + 7))
+    with pytest.raises(ValueError, match="not a multiple of 3073"):
+        prepare("cifar10", source=cifar, tfds_dir=tmp_path / "tfds", verify=False, quiet=True)

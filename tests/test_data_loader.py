@@ -234,3 +234,12 @@ def test_grain_transform_is_applied_per_example(grain_dataset):
     )
     np.testing.assert_array_equal(flipped["image"], plain["image"][:, :, ::-1])
     np.testing.assert_array_equal(flipped["label"], plain["label"] + 100)
+
+
+def test_grain_and_sampler_bad_steps():
+    with pytest.raises(ValueError, match="epoch=-1"):
+        EpochSampler(10, 2, 0).epoch_permutation(-1)
+    with pytest.raises(ValueError, match="start_step=-3"):
+        grain_batches("digits", "train", 8, 0, start_step=-3)
+    with pytest.raises(ValueError, match="num_steps=0"):
+        grain_batches("digits", "train", 8, 0, num_steps=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from normlab.data import archives, datasets
 from normlab.registry import DATASETS
@@ -74,6 +75,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.name == "digits":
         print("digits is bundled with scikit-learn: nothing to prepare")
         return 0
+    existing = datasets.prepared_dir(args.name, args.tfds_dir)
+    if existing is not None and not args.force:
+        print(f"{args.name} is already prepared in {existing}; --force rebuilds it")
+        _print_info(args.name, args.data_dir, args.tfds_dir)
+        return 0
     start = time.perf_counter()
     folder = datasets.prepare(
         args.name,
@@ -84,7 +90,10 @@ def _prepare(args: argparse.Namespace) -> int:
         force=args.force,
     )
     print(f"prepared {args.name} in {folder} ({time.perf_counter() - start:.1f} s)")
-    _print_info(args.name, args.data_dir, args.tfds_dir)
+    archive_folder = None  # where the files were taken from, if not the archives dir
+    if args.source is not None and args.data_dir is None:
+        archive_folder = archives.dataset_folder(args.name, args.source)
+    _print_info(args.name, args.data_dir, args.tfds_dir, archive_folder)
     return 0
 
 
@@ -95,7 +104,9 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_info(name: str, data_dir: str | None, tfds_dir: str | None) -> None:
+def _print_info(
+    name: str, data_dir: str | None, tfds_dir: str | None, archive_folder: Path | None = None
+) -> None:
     info = datasets.dataset_info(name, data_dir=data_dir, tfds_dir=tfds_dir, prepare=False)
     shape = "x".join(str(d) for d in info.image_shape)
     print(f"{name}: {info.num_classes} classes, images {shape}")
@@ -110,7 +121,7 @@ def _print_info(name: str, data_dir: str | None, tfds_dir: str | None) -> None:
         return
     prepared = datasets.prepared_dir(name, tfds_dir)
     print(f"  prepared: {prepared or 'no (sizes above are the official ones)'}")
-    folder = datasets.resolve_data_dir(data_dir) / name
+    folder = archive_folder or datasets.resolve_data_dir(data_dir) / name
     layout = archives.find_layout(name, folder)
     found = ", ".join(layout.files) if layout else "not found"
     print(f"  archives: {folder}: {found}")

@@ -135,15 +135,15 @@ def prepared_dir(name: str, tfds_dir: str | os.PathLike | None = None) -> Path |
 
 
 @contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-    """Silences TFDS's progress bars, banner and INFO logs (auto-preparation logs one line)."""
+def _quiet_tfds(progress_bars: bool) -> Iterator[None]:
+    """Silences TFDS's stdout banner ("Unknown size"), INFO logs and maybe its progress bars."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.utils import tqdm_utils
 
     was_active = getattr(tqdm_utils, "_active", True)
     absl_logger = logging.getLogger("absl")
     absl_level = absl_logger.level
-    tfds.display_progress_bar(False)
+    tfds.display_progress_bar(progress_bars and was_active)
     absl_logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -169,7 +169,8 @@ def prepare(
     Archives come from `source` (a folder holding them, or holding `name/`), copied into
     `data_dir/name` first if `data_dir` is given; else from `resolve_data_dir(data_dir)/name`,
     downloaded there (sha256-checked) if absent and `download`. `verify` checks known sha256;
-    `force` rebuilds prepared data (e.g. after getting CIFAR-10's full test set).
+    `force` rebuilds prepared data (e.g. after getting CIFAR-10's full test set); `quiet` hides
+    TFDS's progress bars.
 
         prepare("mnist", source="/work/shared/datasets", tfds_dir="/tmp/tfds")
     """
@@ -214,7 +215,7 @@ def prepare(
     # One download dir per dataset: a shared one is how Fashion-MNIST ends up built from MNIST.
     downloads = tfds_root / "downloads" / name
     try:
-        with _quiet_tfds() if quiet else contextlib.nullcontext():
+        with _quiet_tfds(progress_bars=not quiet):
             builder.download_and_prepare(download_dir=str(downloads), download_config=config)
     except Exception:
         if force or prepared_dir(name, tfds_root) is None:

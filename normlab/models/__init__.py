@@ -14,15 +14,21 @@ by name: `norm` (NORMS, including the Proxy Norm composites "layer+proxy"/"group
 
 Conventions shared by every model:
   * every norm + activation goes through `normlab.nn.norm_act.NormAct`, which sows the input of
-    the nonlinearity as intermediates/<path>/norm_act/"preact";
+    the nonlinearity as "preact" under the layer's path (e.g. layer_03/norm_act2/"preact"; a
+    Proxy Norm composite sows it one level deeper, under .../norm);
   * the layers are named `layer_00`, `layer_01`, ... in depth order (zero-padded to the same
     width, `layer_name`), so the sorted paths of `apply(..., mutable=["intermediates"])` — the
-    order `jax.tree_util` flattens a dict in, also after `jit` — are the depth order;
+    order `jax.tree_util` flattens a dict in, also after `jit` — are the depth order, and so is
+    the natural-number order of `normlab.train.diagnostics.collect_preacts`. Within a ResNet
+    block: norm_act1 < norm_act2 (< norm_act3) < norm_act_shortcut < out_act;
+  * norms fused with their own nonlinearity ("frn", "evonorm_b0", "evonorm_s0") are meant to be
+    used with activation="identity";
   * the classifier is the top-level params entry "head" (`normlab.models.transfer`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -45,3 +51,15 @@ def layer_name(index: int, num_layers: int) -> str:
 def build_initializer(name: str, kwargs: Any) -> nn.initializers.Initializer:
     """The `INITIALIZERS` entry `name` built with the mapping `kwargs` (None means none)."""
     return INITIALIZERS.build(name, **dict(kwargs or {}))
+
+
+def preset(cls: type[nn.Module], doc: str, **fields: Any) -> functools.partial:
+    """`functools.partial(cls, **fields)` with a docstring, for registering named presets.
+
+    The preset's fields stay overridable: `MODELS.build("resnet20", num_classes=100)`.
+
+        MODELS.register("resnet20")(preset(ResNet, "CIFAR ResNet-20.", stage_sizes=(3, 3, 3)))
+    """
+    made = functools.partial(cls, **fields)
+    made.__doc__ = doc
+    return made

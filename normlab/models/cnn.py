@@ -122,8 +122,10 @@ class ConvNormAct(nn.Module):
 
 @MODELS.register("cnn")
 class SmallCNN(nn.Module):
-    """Stages of `convs_per_stage` 3×3 ConvNormAct layers, a 2×2 max-pool after each stage,
-    global average pooling, (dropout), Dense head.
+    """Small CNN: stages of 3×3 conv → NormAct with max-pooling, global average pool, Dense head.
+
+    Each stage has `convs_per_stage` ConvNormAct layers, then a 2×2 max-pool (`pool`); the
+    pooled features (mean over H, W) go through optional dropout to the head.
 
     Attributes:
       num_classes: width of the head.

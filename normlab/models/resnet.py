@@ -26,7 +26,6 @@ own norm → act.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from normlab.models import HEAD, build_initializer, layer_name
+from normlab.models import HEAD, build_initializer, layer_name, preset
 from normlab.models.cnn import check_nhwc, conv_layer
 from normlab.nn.dropout import StochasticDepth, linear_depth_rates
 from normlab.nn.norm_act import NormAct
@@ -45,6 +44,9 @@ from normlab.registry import MODELS, NORMS, RESIDUAL_INITS
 BLOCKS = ("basic", "bottleneck")
 SHORTCUTS = ("projection", "zero_pad")
 BOTTLENECK_EXPANSION = 4
+# Norms fused with their own nonlinearity, and the keywords that switch it off where a v1 block
+# wants a linear norm (the branch's last norm, the projection's norm), as in the FRN paper.
+_LINEAR_NORM_KWARGS: dict[str, dict[str, Any]] = {"frn": {"use_tlu": False}}
 
 
 def _has_learnable_scale(norm: str, norm_kwargs: Mapping[str, Any]) -> bool:
@@ -94,12 +96,17 @@ class ResidualBlock(nn.Module):
         out = self.features * BOTTLENECK_EXPANSION
         return [(self.features, 1, 1), (self.features, 3, self.strides), (out, 1, 1)]
 
-    def _norm_act(self, name: str, activation: str, norm_kwargs: Mapping[str, Any]) -> NormAct:
+    def _norm_act(
+        self, name: str, norm_kwargs: Mapping[str, Any], *, linear: bool = False
+    ) -> NormAct:
+        """NormAct with the block's activation, or with none (`linear`) before an addition."""
+        if linear:
+            norm_kwargs = {**_LINEAR_NORM_KWARGS.get(self.norm, {}), **norm_kwargs}
         return NormAct(
             norm=self.norm,
-            activation=activation,
+            activation="identity" if linear else self.activation,
             norm_kwargs=norm_kwargs,
-            act_kwargs=self.act_kwargs if activation == self.activation else None,
+            act_kwargs=None if linear else self.act_kwargs,
             name=name,
         )
 
@@ -129,7 +136,7 @@ class ResidualBlock(nn.Module):
         )
         if self.preact:
             return y
-        return self._norm_act("norm_act_shortcut", "identity", self.norm_kwargs or {})(
+        return self._norm_act("norm_act_shortcut", self.norm_kwargs or {}, linear=True)(
             y, train=train
         )
 
@@ -140,6 +147,14 @@ class ResidualBlock(nn.Module):
         m = len(layers)
         norm_kwargs = dict(self.norm_kwargs or {})
         scale_after = not self.preact and _has_learnable_scale(self.norm, norm_kwargs)
+        zeroes_kernel = res.fixup or (res.zero_last and not scale_after)
+        if not self.preact and zeroes_kernel and self.norm != "none":
+            # A zero kernel feeding a norm: the norm divides ~0 by sqrt(ε), gradients explode.
+            raise ValueError(
+                f"ResNet: residual_init={self.residual_init!r} would zero the last conv of each "
+                f"v1 branch, which feeds norm={self.norm!r} (no settable scale γ to zero "
+                "instead); use norm='none', a norm with a learnable scale, or preact=True"
+            )
         branch_kw = {"num_branches": self.num_blocks, "layers_per_branch": m}
 
         def kernel_init(j: int) -> Callable:
@@ -149,16 +164,12 @@ class ResidualBlock(nn.Module):
             )
 
         if self.preact:
-            pre = self._norm_act("norm_act1", self.activation, norm_kwargs)(
-                res.bias(x), train=train
-            )
+            pre = self._norm_act("norm_act1", norm_kwargs)(res.bias(x), train=train)
             shortcut = self._shortcut(x, layers[-1][0], pre, train)
             h = pre
             for j, (features, kernel, strides) in enumerate(layers):
                 if j > 0:
-                    h = self._norm_act(f"norm_act{j + 1}", self.activation, norm_kwargs)(
-                        res.bias(h), train=train
-                    )
+                    h = self._norm_act(f"norm_act{j + 1}", norm_kwargs)(res.bias(h), train=train)
                 h = self._conv(features, kernel, strides, kernel_init(j), f"conv{j + 1}")(
                     res.bias(h)
                 )
@@ -172,10 +183,10 @@ class ResidualBlock(nn.Module):
                     kw = norm_kwargs
                     if scale_after:
                         kw = {**kw, "scale_init": res.norm_scale_init(j, layers_per_branch=m)}
-                    h = self._norm_act(f"norm_act{j + 1}", "identity", kw)(h, train=train)
+                    h = self._norm_act(f"norm_act{j + 1}", kw, linear=True)(h, train=train)
                 else:
                     # Fixup's scalar biases sit before the activation and before the next conv.
-                    h = self._norm_act(f"norm_act{j + 1}", self.activation, norm_kwargs)(
+                    h = self._norm_act(f"norm_act{j + 1}", norm_kwargs)(
                         res.bias(h), train=train
                     )
                     h = res.bias(h)
@@ -235,8 +246,10 @@ class Stem(nn.Module):
 
 @MODELS.register("resnet")
 class ResNet(nn.Module):
-    """ResNet v1/v2: stem, stages of residual blocks, (v2: final norm → act), global average
-    pool, Dense head. See the module docstring for the block equations.
+    """ResNet v1 / v2 (pre-activation), CIFAR or ImageNet layout, norms and inits by name.
+
+    Stem, stages of residual blocks, (v2: final norm → act), global average pool, Dense head;
+    see the module docstring for the block equations.
 
     Attributes:
       num_classes: width of the head.
@@ -252,13 +265,16 @@ class ResNet(nn.Module):
       residual_init: `RESIDUAL_INITS` name ("standard", "zero_init_last", "fixup", "skipinit");
         Fixup also zero-initializes the head and adds a scalar bias before it. Fixup and
         SkipInit were designed without normalization: pair them with norm="none" to follow
-        the papers (any norm is accepted).
+        the papers. zero_init_last zeroes the γ of a v1 branch's last norm, or the last conv
+        where no norm follows (v2, norm="none"); a v1 branch whose last conv feeds a norm
+        without a settable γ (the Proxy Norm composites, use_scale=False), or any norm under
+        Fixup, raises ValueError, since a zero kernel before a norm makes gradients explode.
       stochastic_depth_rate: drop rate of the last block; block l = 1..L drops its branch with
         rate l/L·stochastic_depth_rate (Huang et al. 2016's linear rule).
       norm, activation, norm_kwargs, act_kwargs: of every NormAct (`norm="layer+proxy"` etc.).
       conv: `CONVOLUTIONS` name of every conv ("weight_std" for GN+WS / LN+WS).
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options of every kernel.
-      use_bias: conv bias; None means "only when norm is 'none'".
+      use_bias: conv bias; None means "only when norm is 'none'" (and not with Fixup).
       dtype: computation dtype of convs and head.
 
     Layers are layer_00 (stem), layer_01..layer_L (blocks), layer_{L+1} (v2's final NormAct),
@@ -324,7 +340,9 @@ class ResNet(nn.Module):
         self._check(x)
         res: ResidualInit = RESIDUAL_INITS.build(self.residual_init)
         init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
-        use_bias = self.norm == "none" if self.use_bias is None else self.use_bias
+        # A norm's β, or Fixup's scalar biases, make per-channel conv biases redundant.
+        default_bias = self.norm == "none" and not res.fixup
+        use_bias = default_bias if self.use_bias is None else self.use_bias
         norm_act = {
             "norm": self.norm,
             "activation": self.activation,
@@ -365,17 +383,16 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype, name=HEAD)(x)
 
 
-def _cifar(n: int) -> Callable[..., ResNet]:
-    return functools.partial(
-        ResNet, stage_sizes=(n, n, n), block="basic", base_width=16, cifar_stem=True,
-        num_classes=10,
-    )
-
-
 for _depth in (20, 32, 56, 110):
-    MODELS.register(f"resnet{_depth}")(_cifar((_depth - 2) // 6))
-MODELS.register("resnet18")(functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic"))
-MODELS.register("resnet34")(functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="basic"))
-MODELS.register("resnet50")(
-    functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
-)
+    _n = (_depth - 2) // 6
+    MODELS.register(f"resnet{_depth}")(preset(
+        ResNet, f"CIFAR ResNet-{_depth} (He et al. 2016a): 3 stages of {_n} basic blocks at "
+        "16/32/64 channels, 3×3 stem, 10 classes.",
+        stage_sizes=(_n, _n, _n), block="basic", base_width=16, cifar_stem=True, num_classes=10,
+    ))
+for _depth, _sizes, _block in ((18, (2, 2, 2, 2), "basic"), (34, (3, 4, 6, 3), "basic"),
+                               (50, (3, 4, 6, 3), "bottleneck")):
+    MODELS.register(f"resnet{_depth}")(preset(
+        ResNet, f"ImageNet ResNet-{_depth} ({_block} blocks {_sizes}, 7×7 stem, 1000 classes).",
+        stage_sizes=_sizes, block=_block,
+    ))

@@ -15,14 +15,13 @@ Presets "vgg11", "vgg13", "vgg16", "vgg19" are configurations A, B, D, E of the 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 
-from normlab.models import HEAD, build_initializer, layer_name
+from normlab.models import HEAD, build_initializer, layer_name, preset
 from normlab.models.cnn import ConvNormAct, check_nhwc, max_pool_2x2
 from normlab.models.mlp import DenseNormAct
 from normlab.nn.dropout import Dropout
@@ -151,5 +150,8 @@ class VGG(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)(x)
 
 
-for _name, _stages in VGG_STAGES.items():
-    MODELS.register(_name)(functools.partial(VGG, stages=_stages))
+for _name, _config in zip(VGG_STAGES, "ABDE", strict=True):
+    MODELS.register(_name)(preset(
+        VGG, f"VGG configuration {_config} of Simonyan & Zisserman ({_name}).",
+        stages=VGG_STAGES[_name],
+    ))

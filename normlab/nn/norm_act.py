@@ -7,9 +7,12 @@ norm and an activation separately: they call `NormAct`, which picks the right co
     y = NormAct(norm="group+proxy", activation="silu",
                 norm_kwargs={"num_groups": 8})(x_NHWC, train=True)        # GN then PN-activation
 
+FRN (+TLU) and EvoNorm carry their own nonlinearity and replace "BN + ReLU" as a whole
+(Singh & Krishnan 2019; Liu et al. 2020), so `NormAct` applies no further activation after them.
+
 The input to the nonlinearity is recorded with `sow("intermediates", "preact", ...)` so that
 diagnostics (saturation, dead units, percentiles, power decomposition) can read it without
-changing model code; for the fused Proxy Norm it is the normalized input before its own affine.
+changing model code; for the fused Proxy Norm it is γ·y + β, the input of φ inside PN.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from normlab.nn.activations import make_activation
 from normlab.registry import NORMS
 
 PROXY_SUFFIX = "+proxy"
+SELF_ACTIVATED = frozenset({"frn", "evonorm_b0", "evonorm_s0"})
 
 
 def is_proxy(norm: str) -> bool:
@@ -60,4 +64,6 @@ class NormAct(nn.Module):
             return layer(x, train=train)
         y = NORMS.build(self.norm, **norm_kwargs, name="norm")(x, train=train)
         self.sow("intermediates", "preact", y)
+        if self.norm in SELF_ACTIVATED:
+            return y
         return make_activation(self.activation, **act_kwargs)(y)

@@ -100,8 +100,12 @@ def running_stats(module: nn.Module, channels: int) -> tuple[Any, Any]:
     return mean, var
 
 
-class _AffineNorm(nn.Module):
-    """Fields shared by the per-example norms (not registered)."""
+class NormFields(nn.Module):
+    """The fields every affine norm of normlab shares (a base class, not registered).
+
+    epsilon (ε, added to the variance), use_scale / use_bias (learn γ / β per channel),
+    scale_init / bias_init, dtype (of the output; None: the input's), param_dtype.
+    """
 
     epsilon: float = 1e-5
     use_scale: bool = True
@@ -113,14 +117,16 @@ class _AffineNorm(nn.Module):
 
 
 @NORMS.register("batch")
-class BatchNorm(_AffineNorm):
+class BatchNorm(NormFields):
     """Batch Normalization (Ioffe & Szegedy 2015): y = (x − μ_B)/sqrt(σ²_B + ε)·γ + β.
 
     μ_B, σ²_B: mean and biased variance per channel over every axis but the last, (N, H, W) for
     NHWC and (N) for NC. Statistics scope:
-      * default: the (local) batch;
+      * default: the batch the layer sees: the global batch under `jax.jit` with a sharded
+        batch (XLA adds the collectives), the local batch inside `shard_map`/`pmap`;
       * `axis_name` (inside `shard_map`/`pmap`): the global batch over that mapped axis, or, with
-        `axis_index_groups`, over each group of devices;
+        `axis_index_groups`, over each group of devices (collectives are skipped during `init`,
+        so init can run outside the mapped function);
       * `ghost_batch_size` G: ghost (virtual) batches of G consecutive examples, each normalized
         with its own statistics (N must be divisible by G). Ghost batches are formed from the
         local batch; `axis_name` then only averages the running statistics across devices.
@@ -201,7 +207,7 @@ class BatchNorm(_AffineNorm):
 
 
 @NORMS.register("layer")
-class LayerNorm(_AffineNorm):
+class LayerNorm(NormFields):
     """Layer Normalization (Ba et al. 2016): y = (x − μ)/sqrt(σ² + ε)·γ + β.
 
     μ, σ²: per example over every non-batch axis, (H, W, C) for NHWC and (C) for NC. Equals
@@ -221,7 +227,7 @@ class LayerNorm(_AffineNorm):
 
 
 @NORMS.register("instance")
-class InstanceNorm(_AffineNorm):
+class InstanceNorm(NormFields):
     """Instance Normalization (Ulyanov et al. 2016): y = (x − μ)/sqrt(σ² + ε)·γ + β.
 
     μ, σ²: per example and channel over the spatial axes (H, W). An (N, C) input has no spatial
@@ -241,7 +247,7 @@ class InstanceNorm(_AffineNorm):
 
 
 @NORMS.register("group")
-class GroupNorm(_AffineNorm):
+class GroupNorm(NormFields):
     """Group Normalization (Wu & He 2018): y = (x − μ_g)/sqrt(σ²_g + ε)·γ + β.
 
     μ_g, σ²_g: per example and group of C/G consecutive channels over (H, W, C/G). Give exactly
@@ -267,7 +273,7 @@ class GroupNorm(_AffineNorm):
 
 
 @NORMS.register("rms")
-class RMSNorm(_AffineNorm):
+class RMSNorm(NormFields):
     """RMS Normalization (Zhang & Sennrich 2019): y = x/sqrt(mean(x²) + ε)·γ (+ β).
 
     mean(x²): per example over every non-batch axis, no centering. No bias by default

@@ -100,6 +100,7 @@ class ProxyActivation(nn.Module):
     activation: str = "relu"
     num_quantiles: int = 200
     epsilon: float = 0.03
+    scale_init: Callable = nn.initializers.ones
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -108,7 +109,7 @@ class ProxyActivation(nn.Module):
         check_proxy_args("ProxyActivation", self.num_quantiles, self.epsilon)
         act = make_activation(self.activation)
         channels = y.shape[-1]
-        scale_C = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        scale_C = self.param("scale", self.scale_init, (channels,), self.param_dtype)
         bias_C = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
         proxy_bias_C = self.param("proxy_bias", nn.initializers.zeros, (channels,),
                                   self.param_dtype)
@@ -121,7 +122,10 @@ class ProxyActivation(nn.Module):
         mean_C, var_C = proxy_moments(act, scale_C, bias_C, proxy_bias_C, proxy_scale_C, u_n)
         self.sow("intermediates", "proxy_mean", mean_C)
         self.sow("intermediates", "proxy_var", var_C)
-        a = act(scale_C * y.astype(jnp.float32) + bias_C)
+        preact = scale_C * y.astype(jnp.float32) + bias_C
+        # diagnostics read the input of the nonlinearity as "preact" (see normlab.nn.norm_act)
+        self.sow("intermediates", "preact", preact)
+        a = act(preact)
         z = (a - mean_C) * jax.lax.rsqrt(var_C + self.epsilon)
         return z.astype(self.dtype or y.dtype)
 
@@ -141,15 +145,15 @@ class _NormProxy(nn.Module):
     num_quantiles: int = 200
     epsilon: float = 0.03
     norm_epsilon: float = 1e-5
+    scale_init: Callable = nn.initializers.ones
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
     def _proxy(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        # diagnostics read the input of the nonlinearity as "preact" (see normlab.nn.norm_act)
-        self.sow("intermediates", "preact", y)
         return ProxyActivation(
             activation=self.activation, num_quantiles=self.num_quantiles, epsilon=self.epsilon,
-            dtype=self.dtype or x.dtype, param_dtype=self.param_dtype, name="proxy",
+            scale_init=self.scale_init, dtype=self.dtype or x.dtype, param_dtype=self.param_dtype,
+            name="proxy",
         )(y)
 
 

@@ -9,13 +9,17 @@ The data position is the step itself: the samplers are pure functions of the ste
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import shutil
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from normlab.errors import NormlabError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints on disk, oldest first."""
-        return sorted(self._manager.all_steps(read=True))
+        self._manager.reload()  # another process (a killed run) may have written some
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, preprocess: dict[str, np.ndarray], meta: dict) -> None:
         """Writes one checkpoint (asynchronously; `wait()` blocks until it is on disk)."""
@@ -49,12 +54,13 @@ class Checkpointer:
     def restore_latest(
         self, make_abstract_state: Callable[[dict[str, np.ndarray], dict], Any]
     ) -> tuple[Any, dict[str, np.ndarray], dict] | None:
-        """The newest readable checkpoint as (state, preprocess arrays, meta), or None.
+        """The newest readable checkpoint as (state, preprocess arrays, meta); None if none exist.
 
         Restores in two phases because the state's shapes depend on the fitted preprocessing
         (PCA flattens images): first the preprocessing and metadata, then the state into
         `make_abstract_state(preprocess, meta)` (shapes, dtypes and shardings to restore into).
         """
+        unreadable: list[int] = []
         for step in reversed(self.steps()):
             try:
                 head = self._manager.restore(
@@ -79,9 +85,29 @@ class Checkpointer:
                     step,
                     f"{type(err).__name__}: {err}"[:300],
                 )
+                unreadable.append(step)
                 continue
+            for bad in unreadable:
+                log.warning("moved the unreadable checkpoint %d to %s", bad, self._move_aside(bad))
             return body["state"], preprocess, meta
+        if unreadable:
+            # None fits: more likely a changed config than corruption, so touch nothing.
+            raise NormlabError(
+                f"none of the checkpoints {sorted(unreadable)} in {self.directory} can be restored "
+                "into this config (a different model or optimizer?). Use a new --workdir, or "
+                "move the old checkpoints away: nothing was overwritten."
+            )
         return None
+
+    def _move_aside(self, step: int) -> Path:
+        """Moves an unreadable checkpoint out of the way (kept for inspection, never deleted),
+        so the resumed run can write its own checkpoint at that step."""
+        aside = self.directory.parent / "unreadable_checkpoints" / f"{step}_{int(time.time())}"
+        if jax.process_index() == 0:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.directory / str(step), aside)
+        self._manager.reload()
+        return aside
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

@@ -66,9 +66,20 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 RESNET_ARGS = dict(
-    model="resnet20", norm="batch", act="relu", init="kaiming_normal", preact=True,
-    residual_init="standard", conv="standard", groups=8, batch=128, lr=0.1, epochs=30,
-    steps=0, seed=0, runlocal=False,
+    model="resnet20",
+    norm="batch",
+    act="relu",
+    init="kaiming_normal",
+    preact=True,
+    residual_init="standard",
+    conv="standard",
+    groups=8,
+    batch=128,
+    lr=0.1,
+    epochs=30,
+    steps=0,
+    seed=0,
+    runlocal=False,
 )
 
 
@@ -90,8 +101,14 @@ def resnet_classifier(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.augment = {"flip": {}, "crop": {"pad": 4}}
     norm_kwargs = {"num_groups": a.groups} if a.norm.startswith(("group", "evonorm_s0")) else {}
     c.model = dict(
-        name=a.model, norm=a.norm, activation=a.act, kernel_init=a.init, preact=a.preact,
-        residual_init=a.residual_init, conv=a.conv, norm_kwargs=norm_kwargs,
+        name=a.model,
+        norm=a.norm,
+        activation=a.act,
+        kernel_init=a.init,
+        preact=a.preact,
+        residual_init=a.residual_init,
+        conv=a.conv,
+        norm_kwargs=norm_kwargs,
     )
     c.lr = a.lr * a.batch / 128  # linear scaling from the batch-128 recipe
     c.optimizer = dict(name="nesterov", momentum=0.9)

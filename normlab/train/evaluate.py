@@ -13,7 +13,7 @@ from normlab.data.datasets import load_arrays
 from normlab.parallel.mesh import build_mesh, replicated
 from normlab.train import inputs
 from normlab.train.checkpoint import Checkpointer
-from normlab.train.loop import build_model, build_tx, evaluate
+from normlab.train.loop import build_model, build_tx, make_evaluator
 from normlab.train.state import init_state
 
 
@@ -48,14 +48,20 @@ def evaluate_workdir(
         raise ValueError(f"{workdir} has no readable checkpoint")
     state = restored[0]
     named = {s: s for s in splits} if splits else dict(config.evals)
+    evaluate = make_evaluator(model)
     results = {}
     for prefix, split in named.items():
         images, labels = load_arrays(
-            config.dataset, split, data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None
+            config.dataset,
+            split,
+            data_dir=config.data_dir or None,
+            tfds_dir=config.tfds_dir or None,
         )
         x = inputs.transform(preprocessor, inputs.to_float(images, config.pad_to))
         results[prefix] = evaluate(
-            model, state, jax.numpy.asarray(x), jax.numpy.asarray(labels, np.int32),
+            state,
+            jax.numpy.asarray(x),
+            jax.numpy.asarray(labels, np.int32),
             config.eval_batch_size,
         )
     return results

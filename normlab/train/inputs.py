@@ -50,7 +50,8 @@ def load_splits(config: ConfigDict) -> tuple[Split, dict[str, Split]]:
 
 
 def num_classes(config: ConfigDict) -> int:
-    return dataset_info(config.dataset).num_classes
+    """Classes of the config's data set (known before the data is prepared)."""
+    return dataset_info(config.dataset, prepare=False).num_classes
 
 
 def fit_preprocessor(config: ConfigDict, train_x: np.ndarray) -> Preprocessor:

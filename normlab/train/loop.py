@@ -63,33 +63,46 @@ def build_tx(config: ConfigDict, total_steps: int):
     )
 
 
-def evaluate(model, state: TrainState, x: jax.Array, y: jax.Array, batch_size: int) -> dict:
-    """Mean loss and accuracy over a whole split, one jitted scan over padded batches."""
-    n = x.shape[0]
-    batches = -(-n // batch_size)
-    pad = batches * batch_size - n
-    mask = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(batches, batch_size)
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(batches, batch_size, *x.shape[1:])
-    y = jnp.pad(y, (0, pad)).reshape(batches, batch_size)
-    sums = _eval_scan(model, state, x, y, mask)
-    count = float(sums["count"])
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+def make_evaluator(model):
+    """`evaluate(state, x, y, batch_size) -> {"loss", "accuracy"}` over a whole split.
+
+    One jitted scan over padded batches (the padding is masked out of the sums).
+    """
+
+    @jax.jit
+    def scan(state, x, y, mask):
+        def body(total, batch):
+            out = eval_step(model, state, *batch)
+            return jax.tree.map(jnp.add, total, out), None
+
+        zeros = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        return jax.lax.scan(body, jax.tree.map(jnp.float32, zeros), (x, y, mask))[0]
+
+    def evaluate(state: TrainState, x: jax.Array, y: jax.Array, batch_size: int) -> dict:
+        n = x.shape[0]
+        batches = -(-n // batch_size)
+        pad = batches * batch_size - n
+        mask = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(batches, batch_size)
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        x = x.reshape(batches, batch_size, *x.shape[1:])
+        y = jnp.pad(y, (0, pad)).reshape(batches, batch_size)
+        sums = scan(state, x, y, mask)
+        count = float(sums["count"])
+        return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+
+    return evaluate
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_scan(model, state, x, y, mask):
-    def body(total, batch):
-        out = eval_step(model, state, *batch)
-        return jax.tree.map(jnp.add, total, out), None
+def make_diagnostics(model, activation: str):
+    """`diagnostics(state, x) -> {"diag/<layer>/<metric>": value}` on a fixed batch, eval mode."""
 
-    zeros = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    return jax.lax.scan(body, jax.tree.map(jnp.float32, zeros), (x, y, mask))[0]
+    @jax.jit
+    def diagnostics(state: TrainState, x: jax.Array) -> dict:
+        _, variables = model.apply(state.variables(), x, train=False, mutable=["intermediates"])
+        preacts = collect_preacts(variables["intermediates"])
+        return layer_diagnostics(preacts, activation=activation)
 
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _diagnostics(model, activation: str, state: TrainState, x: jax.Array) -> dict:
-    _, variables = model.apply(state.variables(), x, train=False, mutable=["intermediates"])
-    return layer_diagnostics(collect_preacts(variables["intermediates"]), activation=activation)
+    return diagnostics
 
 
 class _StopRequest:
@@ -147,7 +160,9 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     def abstract_state(example_x):
         shapes = jax.eval_shape(lambda: init_state(model, tx, rng, example_x))
         sharding = replicated(mesh)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes
+        )
 
     # ---------------------------------------------------------------- state: restore or init
     checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -202,6 +217,9 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
         out_shardings=(replicated(mesh), replicated(mesh)),
     )
 
+    evaluate = make_evaluator(model)
+    diagnostics = make_diagnostics(model, config.model.activation)
+
     # ---------------------------------------------------------------- loop
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step + 1)
     bar = Progress(total_steps, start_step, config.batch_size, enabled=progress and is_main)
@@ -238,8 +256,11 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
                 raise NonFiniteLossError(
                     f"non-finite training loss ({losses[np.argmin(np.isfinite(losses))]}) at step "
                     f"{bad}; stopped. The last good checkpoint "
-                    + (f"(step {last_saved}) is kept in {checkpointer.directory}"
-                       if last_saved is not None else "does not exist (none was saved yet)")
+                    + (
+                        f"(step {last_saved}) is kept in {checkpointer.directory}"
+                        if last_saved is not None
+                        else "does not exist (none was saved yet)"
+                    )
                 )
             pending.append(metrics)
             step += k
@@ -247,7 +268,9 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
 
             record: dict[str, float] = {}
             if due(config.log_every_steps) or step == total_steps:
-                merged = {n: np.concatenate([np.atleast_1d(m[n]) for m in pending]) for n in pending[0]}
+                merged = {
+                    n: np.concatenate([np.atleast_1d(m[n]) for m in pending]) for n in pending[0]
+                }
                 record.update({n: float(np.mean(v)) for n, v in merged.items()})
                 record["lr"] = float(merged["lr"][-1])
                 now = time.perf_counter()
@@ -257,10 +280,10 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
                 pending.clear()
             if due(config.eval_every_steps) or step == total_steps:
                 for prefix, (x, y) in evals.items():
-                    for name, value in evaluate(model, state, x, y, config.eval_batch_size).items():
+                    for name, value in evaluate(state, x, y, config.eval_batch_size).items():
                         record[f"{prefix}_{name}"] = value
             if due(config.diag_every_steps):
-                diag = jax.device_get(_diagnostics(model, config.model.activation, state, diag_x))
+                diag = jax.device_get(diagnostics(state, diag_x))
                 record.update({k: float(v) for k, v in diag.items()})
             if record:
                 writer.write(step, record)

@@ -38,7 +38,9 @@ def constant(base_lr: float, total_steps: int) -> Schedule:
 def step_decay(base_lr: float, total_steps: int, every: int = 0, factor: float = 0.1) -> Schedule:
     """η·factor^⌊t/every⌋; `every=0` decays at 1/2 and 3/4 of training (a common recipe)."""
     if every < 0 or not 0 < factor <= 1:
-        raise ValueError(f"step schedule: need every >= 0 and 0 < factor <= 1, got {every}, {factor}")
+        raise ValueError(
+            f"step schedule: need every >= 0 and 0 < factor <= 1, got {every}, {factor}"
+        )
     if every == 0:
         boundaries = {int(total_steps * 0.5): factor, int(total_steps * 0.75): factor}
         return optax.piecewise_constant_schedule(base_lr, boundaries)
@@ -69,8 +71,9 @@ def cosine(base_lr: float, total_steps: int, alpha: float = 0.0) -> Schedule:
     if not 0 <= alpha <= 1:
         raise ValueError(f"cosine schedule: alpha must be in [0, 1], got {alpha}")
     total = max(total_steps, 1)
-    return lambda t: base_lr * (
-        alpha + (1 - alpha) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, total) / total))
+    return lambda t: (
+        base_lr
+        * (alpha + (1 - alpha) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, total) / total)))
     )
 
 

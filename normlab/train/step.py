@@ -97,9 +97,9 @@ def train_step(
         "train_loss": loss,
         "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
         "lr": cfg.lr_fn(state.step),
-        "grad_norm": optax.global_norm(grads),
-        "update_norm": optax.global_norm(updates),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "update_norm": optax.tree.norm(updates),
+        "param_norm": optax.tree.norm(params),
         **{f"train_{name}": value for name, value in terms.items() if name != "ce"},
     }
     new_state = state.replace(

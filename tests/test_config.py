@@ -1,0 +1,115 @@
+"""Config files, `key=value` arguments, `--config.a.b=v` overrides and validation errors."""
+
+from pathlib import Path
+
+import pytest
+
+from normlab.cli import _split_overrides
+from normlab.config import apply_overrides, load_config, parse_arg, placeholder
+from normlab.train.defaults import base_config
+from normlab.train.validate import resolve_total_steps, validate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_parse_arg_types_and_flags():
+    a = parse_arg(
+        "norm=group,batch=8,lr=0.5,runlocal", norm="batch", batch=128, lr=0.1, runlocal=False
+    )
+    assert (a.norm, a.batch, a.lr, a.runlocal) == ("group", 8, 0.5, True)
+    assert isinstance(a.batch, int) and isinstance(a.lr, float)
+
+
+def test_parse_arg_errors():
+    with pytest.raises(ValueError, match="unknown config argument 'nrom'; valid arguments: norm"):
+        parse_arg("nrom=group", norm="batch")
+    with pytest.raises(ValueError, match="expected a int"):
+        parse_arg("batch=eight", batch=128)
+    with pytest.raises(ValueError, match="needs a value"):
+        parse_arg("batch", batch=128)
+
+
+def test_overrides_are_parsed_against_field_types():
+    c = base_config()
+    c.opt_level = placeholder(float)
+    apply_overrides(
+        c,
+        [
+            "lr=0.5",
+            "batch_size=64",
+            "model.name=resnet20",
+            "mesh.data=4",
+            "opt_level=2.5",
+            "weight_decay.l2=1e-4",
+        ],
+    )
+    assert (c.lr, c.batch_size, c.model.name, c.mesh.data) == (0.5, 64, "resnet20", 4)
+    assert c.opt_level == 2.5 and c.weight_decay.l2 == 1e-4
+
+
+def test_override_errors_name_the_field():
+    c = base_config()
+    with pytest.raises(ValueError, match="unknown config field 'optimizer.lrr'.*fields name"):
+        apply_overrides(c, ["optimizer.lrr=1"])
+    with pytest.raises(ValueError, match=r"--config.lr: expected a float, got 'fast'"):
+        apply_overrides(c, ["lr=fast"])
+    with pytest.raises(ValueError, match="is a group"):
+        apply_overrides(c, ["model=mlp"])
+
+
+def test_cli_override_syntax():
+    assert _split_overrides(["--config.lr=0.5", "--config.model.norm", "group"]) == [
+        "lr=0.5",
+        "model.norm=group",
+    ]
+    with pytest.raises(ValueError, match="unrecognized argument"):
+        _split_overrides(["--lr=0.5"])
+
+
+@pytest.mark.parametrize("name", ["mnist_mlp", "fmnist_resnet", "cifar10_resnet"])
+def test_config_files_validate_and_shrink(name):
+    full = load_config(f"{CONFIGS / name}.py")
+    validate(full)
+    small = load_config(f"{CONFIGS / name}.py:runlocal")
+    validate(small)
+    assert small.total_steps <= 20 and small.total_epochs == 0
+    assert "Expected" in (CONFIGS / f"{name}.py").read_text()  # docstring states the result
+
+
+def test_config_arguments_reach_the_model():
+    c = load_config(f"{CONFIGS}/fmnist_resnet.py:norm=group+proxy,groups=4,act=silu,batch=8")
+    assert c.model.norm == "group+proxy" and c.model.norm_kwargs.num_groups == 4
+    assert c.model.activation == "silu" and c.batch_size == 8
+    assert c.dataset == "fashion_mnist" and c.pad_to == 32
+
+
+def test_validation_lists_valid_names():
+    c = load_config(f"{CONFIGS}/mnist_mlp.py:norm=btach")
+    with pytest.raises(ValueError, match="unknown norm 'btach'; valid norm names: .*batch"):
+        validate(c)
+    c = load_config(f"{CONFIGS}/mnist_mlp.py")
+    apply_overrides(c, ["optimizer.name=adamm"])
+    with pytest.raises(ValueError, match="valid optimizer names"):
+        validate(c)
+    c = load_config(f"{CONFIGS}/mnist_mlp.py")
+    apply_overrides(c, ["model.name=resnet21"])
+    with pytest.raises(ValueError, match="valid model names: .*resnet20"):
+        validate(c)
+
+
+def test_durations_and_intervals():
+    c = load_config(f"{CONFIGS}/mnist_mlp.py")
+    c.total_epochs = 2
+    with pytest.raises(ValueError, match="exactly one of total_steps and total_epochs"):
+        validate(c)
+    c.total_steps = 0
+    validate(c)
+    assert resolve_total_steps(c, 60_000) == 2 * 1000
+    c.log_every_steps = 7
+    with pytest.raises(ValueError, match="log_every_steps=7 must be 0 .* multiple of steps_per"):
+        validate(c)
+
+
+def test_missing_config_file():
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config("configs/nope.py:runlocal")

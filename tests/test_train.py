@@ -1,0 +1,186 @@
+"""End to end: train + eval, outputs in the workdir, NaN stop, corrupt checkpoints, kill/resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from normlab.cli import main as cli_main
+from normlab.config import apply_overrides, load_config
+from normlab.errors import NonFiniteLossError, NormlabError
+from normlab.train.evaluate import evaluate_workdir
+from normlab.train.loop import train
+from normlab.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = f"{REPO}/configs/mnist_mlp.py:dataset=digits,norm=batch,runlocal"
+
+
+def _digits_config(*overrides):
+    c = load_config(DIGITS)
+    apply_overrides(c, overrides)
+    return c
+
+
+def _final_params(workdir: Path) -> dict:
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(steps[-1]) / "state")
+    return tree["params"]
+
+
+def test_train_writes_metrics_tensorboard_checkpoints(tmp_path):
+    config = _digits_config("total_steps=200", "eval_every_steps=100", "diag_every_steps=10")
+    summary = train(config, tmp_path, progress=False)
+    assert summary["finished"] and summary["step"] == 200
+    # 10 classes: far above chance after 200 steps (BN's running averages need that many)
+    assert summary["final"]["eval_accuracy"] > 0.5
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == list(range(5, 201, 5))
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "lr",
+        "grad_norm",
+        "param_norm",
+        "update_norm",
+        "steps_per_s",
+        "examples_per_s",
+    ):
+        assert key in records[0]
+    assert {"eval_loss", "eval_accuracy"} <= set(records[19])
+    assert any(k.startswith("diag/") and k.endswith("preact_std") for k in records[1])
+    assert (tmp_path / "config.json").exists() and (tmp_path / "summary.json").exists()
+    for key in ("command", "device", "git_revision", "time_utc"):
+        assert summary[key]
+    # TensorBoard files are readable without TensorFlow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval_accuracy")] == [100, 200]
+    # eval of the saved checkpoint reproduces the final eval accuracy
+    result = evaluate_workdir(tmp_path)
+    assert result["eval"]["accuracy"] == pytest.approx(summary["final"]["eval_accuracy"])
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    good = train(_digits_config("total_steps=10"), tmp_path, progress=False)
+    bad = _digits_config("total_steps=20", "lr=1e38")
+    with pytest.raises(NonFiniteLossError, match=r"at step 1[1-5].*step 10\) is kept"):
+        train(bad, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+    kept = evaluate_workdir(tmp_path)["eval"]["accuracy"]
+    assert kept == pytest.approx(good["final"]["eval_accuracy"])
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+    train(_digits_config(), tmp_path, progress=False)  # checkpoints at 10 and 20
+    for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    resumed = train(_digits_config("total_steps=30"), tmp_path, progress=False)
+    assert "step 20 is unreadable" in caplog.text
+    assert resumed["step"] == 30
+    assert [r["step"] for r in read_metrics(tmp_path)][-4:] == [15, 20, 25, 30]
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "normlab", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+LONG = [
+    "--config",
+    f"{REPO}/configs/mnist_mlp.py:dataset=digits,norm=batch,runlocal",
+    "--config.total_steps=400",
+    "--config.checkpoint_every_steps=40",
+    "--no-progress",
+]
+
+
+def _wait_for_checkpoint(workdir: Path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ckpts = workdir / "checkpoints"
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_parameters(tmp_path):
+    reference = _cli(["train", "--workdir", str(tmp_path / "ref"), *LONG])
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+
+    victim = _cli(["train", "--workdir", str(tmp_path / "run"), *LONG])
+    _wait_for_checkpoint(tmp_path / "run", victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["step"] < 400  # really killed mid-run
+
+    resumed = _cli(["train", "--workdir", str(tmp_path / "run"), *LONG])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    ref, got = _final_params(tmp_path / "ref"), _final_params(tmp_path / "run")
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    proc = _cli(["train", "--workdir", str(tmp_path), *LONG, "--config.total_steps=100000"])
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "interrupted: saved a checkpoint" in out
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert 40 <= steps[-1] < 100000
+
+
+def test_checkpoints_of_another_model_are_not_overwritten(tmp_path):
+    train(_digits_config("total_steps=10"), tmp_path, progress=False)
+    with pytest.raises(NormlabError, match=r"none of the checkpoints \[10\].*nothing was overwr"):
+        train(_digits_config("model.width=50"), tmp_path, progress=False)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    assert (
+        cli_main(
+            [
+                "train",
+                "--config",
+                f"{DIGITS}",
+                "--config.model.norm=btach",
+                "--workdir",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown norm 'btach'; valid norm names:")
+    assert "Traceback" not in err
+    assert cli_main(["eval", "--workdir", str(tmp_path / "none")]) == 1
+    assert "no config.json" in capsys.readouterr().err
