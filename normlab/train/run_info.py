@@ -41,10 +41,22 @@ def device_description() -> str:
     return f"{len(devices)} × {', '.join(kinds)} ({jax.default_backend()}, jax {jax.__version__})"
 
 
+def command_line() -> str:
+    """The command as typed: `normlab ...`, `python -m normlab ...` or `python script.py ...`."""
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py":
+        head = ["python", "-m", program.parent.name]
+    elif program.suffix == ".py":
+        head = ["python", str(program)]
+    else:
+        head = [program.name]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def run_info() -> dict[str, str]:
     """The command, device, UTC time and git revision, for summaries and reports."""
     return {
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "device": device_description(),
         "time_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "git_revision": git_revision(),
