@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from finite_differences import fd_grads
 from jax.sharding import PartitionSpec as P
 
 from normlab.nn.batch_renorm import BatchRenorm
@@ -71,19 +72,6 @@ def ref_ghost_bn(x, ghost, scale, bias, eps=EPS):
     return np.concatenate(ys), np.mean(means, axis=0), np.mean(variances, axis=0)
 
 
-def fd_grads(f, arrays, h=1e-6):
-    """Central finite differences, float64, of the scalar f(*arrays) w.r.t. each array."""
-    arrays = [np.asarray(a, np.float64) for a in arrays]
-    grads = []
-    for k, a in enumerate(arrays):
-        grad = np.zeros_like(a)
-        for index in np.ndindex(a.shape):
-            plus, minus = [b.copy() for b in arrays], [b.copy() for b in arrays]
-            plus[k][index] += h
-            minus[k][index] -= h
-            grad[index] = (f(*plus) - f(*minus)) / (2 * h)
-        grads.append(grad)
-    return grads
 
 
 # ---- BatchNorm on one device -------------------------------------------------------------------

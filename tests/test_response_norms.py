@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from finite_differences import fd_grads
 from jax.sharding import PartitionSpec as P
 
 from normlab.nn.response_norms import EvoNormB0, EvoNormS0, FilterResponseNorm
@@ -39,19 +40,6 @@ def _params(channels, names, seed=1):
     return {name: values[name].astype(np.float32) for name in names}
 
 
-def fd_grads(f, arrays, h=1e-6):
-    """Central finite differences, float64, of the scalar f(*arrays) w.r.t. each array."""
-    arrays = [np.asarray(a, np.float64) for a in arrays]
-    grads = []
-    for k, a in enumerate(arrays):
-        grad = np.zeros_like(a)
-        for index in np.ndindex(a.shape):
-            plus, minus = [b.copy() for b in arrays], [b.copy() for b in arrays]
-            plus[k][index] += h
-            minus[k][index] -= h
-            grad[index] = (f(*plus) - f(*minus)) / (2 * h)
-        grads.append(grad)
-    return grads
 
 
 def _check_grads(module, x, params, ref, extra_variables=None, train=False):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from finite_differences import fd_grads
 
 from normlab.nn.weight_std import Conv, ScaledWSConv, WSConv
 from normlab.registry import CONVOLUTIONS
@@ -52,19 +53,6 @@ def ref_scaled_ws(kernel, gain, act_gain, eps=1e-4):
     return gain * act_gain * (kernel - mean) / np.sqrt(fan_in * var + eps)
 
 
-def fd_grads(f, arrays, h=1e-6):
-    """Central finite differences, float64, of the scalar f(*arrays) w.r.t. each array."""
-    arrays = [np.asarray(a, np.float64) for a in arrays]
-    grads = []
-    for k, a in enumerate(arrays):
-        grad = np.zeros_like(a)
-        for index in np.ndindex(a.shape):
-            plus, minus = [b.copy() for b in arrays], [b.copy() for b in arrays]
-            plus[k][index] += h
-            minus[k][index] -= h
-            grad[index] = (f(*plus) - f(*minus)) / (2 * h)
-        grads.append(grad)
-    return grads
 
 
 def _standardized(module, variables):
