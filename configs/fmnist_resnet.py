@@ -22,3 +22,22 @@ def get_config(arg=None):
     c.pad_to = 32
     c.augment = {"crop": {"pad": 4}}  # no flips: Fashion-MNIST items have a handedness
     return c
+
+
+def sweep(add, arg=None):
+    """Normalizations compared: one trial per norm (7), or per group count for a group norm.
+
+    normlab sweep --config configs/fmnist_resnet.py --workdir sweeps/norms --backend slurm \\
+        --slurm.partition=gpu --slurm.gpus_per_trial=1 --slurm.max_parallel=16
+    normlab sweep --config configs/fmnist_resnet.py:norm=group --workdir sweeps/groups
+
+    A group norm's group count comes from the `norm=`/`groups=` arguments (a `model.norm`
+    override cannot add it), so group norms are swept over their group count instead.
+    """
+    a = parse_arg(arg, **RESNET_ARGS)
+    if a.norm.startswith(("group", "evonorm_s0")):
+        for groups in (1, 2, 4) if a.runlocal else (1, 2, 4, 8, 16):
+            add(model__norm_kwargs__num_groups=groups)
+    else:
+        for norm in ("batch", "layer", "instance", "rms", "layer+proxy", "frn", "evonorm_b0"):
+            add(model__norm=norm)

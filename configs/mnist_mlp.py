@@ -49,3 +49,13 @@ def get_config(arg=None):
     if a.runlocal:
         shrink_for_runlocal(c)
     return c
+
+
+def sweep(add, arg=None):
+    """The BN paper's comparison at two learning rates: 4 trials (norm × lr).
+
+    normlab sweep --config configs/mnist_mlp.py:dataset=digits,runlocal --workdir sweeps/bn
+    """
+    for norm in ("none", "batch"):
+        for lr in (0.1, 0.5):
+            add(model__norm=norm, lr=lr)

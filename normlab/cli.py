@@ -4,6 +4,8 @@
     normlab train --config configs/mnist_mlp.py:norm=none --config.lr=0.5 --workdir runs/plain
     normlab eval  --workdir runs/bn --split test
     normlab data prepare mnist --from ../shared/datasets/mnist
+    normlab sweep --config configs/mnist_mlp.py:dataset=digits,runlocal --workdir sweeps/bn
+    normlab report sweeps/bn
 
 Bad input (an unknown component, a malformed override, a missing data set, a NaN) ends with
 one clear `error:` line and a non-zero exit status, never a traceback.
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     from normlab.data.command import add_subcommand
 
     add_subcommand(sub)
+
+    from normlab.sweep.command import add_subcommands as add_sweep_subcommands
+
+    add_sweep_subcommands(sub)
     return parser
 
 
