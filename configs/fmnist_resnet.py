@@ -4,6 +4,14 @@
     normlab train --config configs/fmnist_resnet.py:norm=batch,batch=8 --workdir runs/fm_bn8
     normlab train --config configs/fmnist_resnet.py:runlocal --workdir /tmp/smoke
 
+On a mesh (chosen by config only; README "Parallelism"): 4-way data × 2-way tensor parallel, and
+a GPipe pipeline over 4 stages (ResNet-56: runs of 8 identical blocks per stage) × 2-way data:
+
+    normlab train --config configs/fmnist_resnet.py --workdir runs/fm_tp \
+        --config.mesh.data=4 --config.mesh.model=2
+    normlab train --config configs/fmnist_resnet.py:model=resnet56 --workdir runs/fm_pp \
+        --config.mesh.stage=4 --config.pipeline.microbatches=8
+
 Arguments (normlab.train.defaults.RESNET_ARGS): model (resnet20/32/56/110), norm, act, init,
 preact, residual_init, conv (standard/weight_std/scaled_ws), groups (for group norms), batch,
 lr (for batch 128; scaled linearly), epochs or steps, seed, runlocal.

@@ -40,14 +40,19 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    import jax
+
     from normlab.config import apply_overrides, load_config
+    from normlab.parallel.distributed import initialize_from_args
     from normlab.train.loop import train
 
+    initialize_from_args(args)  # joins a multi-process job before any JAX computation
     config = load_config(args.config)
     apply_overrides(config, _split_overrides(extra))
     summary = train(config, args.workdir, progress=not args.no_progress)
     final = {k: round(v, 4) for k, v in summary["final"].items() if k.endswith("accuracy")}
-    print(f"finished step {summary['step']}/{summary['total_steps']}: {final}")
+    if jax.process_index() == 0:
+        print(f"finished step {summary['step']}/{summary['total_steps']}: {final}")
     return 0
 
 
@@ -76,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="configs/x.py[:key=value,...]")
     train.add_argument("--workdir", required=True, help="where checkpoints and metrics go")
     train.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    from normlab.parallel.distributed import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(train)
 
     evaluate = sub.add_parser(
         "eval",

@@ -21,7 +21,11 @@ import jax
 from normlab.models import HEAD, build_initializer, layer_name
 from normlab.nn.dropout import Dropout
 from normlab.nn.norm_act import NormAct
+from normlab.parallel.logical import channel_params, constrain, partitioned
+from normlab.parallel.pipeline import Layer, Repeated, Segment
 from normlab.registry import MODELS
+
+Axes = tuple[str | None, str | None]
 
 
 class DenseNormAct(nn.Module):
@@ -33,6 +37,10 @@ class DenseNormAct(nn.Module):
       kernel_init: the init function of W.
       use_bias: whether to add b.
       dtype: computation dtype of the matmul (None: from the input and params).
+      axes: logical axis names (input, output) of W for tensor parallelism
+        (`normlab.parallel.logical`); b, the norm's and the activation's per-channel params
+        and the output activations run along the output axis.
+      dropout_rate: inverted dropout after the activation (0: none).
 
         layer = DenseNormAct(features=100, norm="batch", activation="sigmoid",
                              kernel_init=nn.initializers.lecun_normal())
@@ -47,23 +55,31 @@ class DenseNormAct(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     use_bias: bool = True
     dtype: Any = None
+    axes: Axes = (None, None)
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        out_axis = self.axes[1]
         y = nn.Dense(
             self.features,
             use_bias=self.use_bias,
-            kernel_init=self.kernel_init,
+            kernel_init=partitioned(self.kernel_init, self.axes),
+            bias_init=partitioned(nn.initializers.zeros, (out_axis,)),
             dtype=self.dtype,
             name="dense",
         )(x)
-        return NormAct(
+        y = constrain(y, ("batch", out_axis))
+        y = channel_params(NormAct, out_axis)(
             norm=self.norm,
             activation=self.activation,
             norm_kwargs=self.norm_kwargs,
             act_kwargs=self.act_kwargs,
             name="norm_act",
         )(y, train=train)
+        if self.dropout_rate > 0:
+            y = Dropout(rate=self.dropout_rate)(y, train=train)
+        return y
 
 
 @MODELS.register("mlp")
@@ -89,6 +105,11 @@ class MLP(nn.Module):
       dtype: computation dtype of the Dense layers.
 
     Layers are named layer_00, layer_01, ... (`normlab.models.layer_name`), the head "head".
+
+    Tensor parallelism (Megatron): the kernels alternate column-parallel ("embed", "mlp") and
+    row-parallel ("mlp", "embed"), starting with layer_00; the head is (its input's axis,
+    "classes"). Pipelining (`pipeline_segments`): layer_01.. (equal widths) form one run of
+    identical layers; layer_00 and the head run outside it.
 
         model = MLP(depth=30, width=64, activation="tanh", kernel_init="xavier_normal")
         variables = model.init(jax.random.key(0), x_NHWC, train=False)
@@ -131,20 +152,59 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if x.ndim < 2:
             raise ValueError(f"MLP: input must be (N, ...) with ndim >= 2, got shape={x.shape}")
-        init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
         h = x.reshape(x.shape[0], -1)
+        in_axis = "embed"
         for index, features in enumerate(widths):
-            h = DenseNormAct(
-                features=features,
-                norm=self.norm,
-                activation=self.activation,
-                norm_kwargs=self.norm_kwargs,
-                act_kwargs=self.act_kwargs,
-                kernel_init=init,
-                use_bias=self.use_bias,
-                dtype=self.dtype,
-                name=layer_name(index, len(widths)),
-            )(h, train=train)
+            out_axis = "mlp" if index % 2 == 0 else "embed"
+            h = self._hidden(features, (in_axis, out_axis), name=layer_name(index, len(widths)))(
+                h, train=train
+            )
+            in_axis = out_axis
             if self.dropout_rate > 0:
                 h = Dropout(rate=self.dropout_rate)(h, train=train)
-        return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)(h)
+        return self._head(in_axis, name=HEAD)(h)
+
+    def _hidden(self, features: int, axes: Axes, dropout_rate: float = 0.0, **kw) -> nn.Module:
+        return DenseNormAct(
+            features=features,
+            norm=self.norm,
+            activation=self.activation,
+            norm_kwargs=self.norm_kwargs,
+            act_kwargs=self.act_kwargs,
+            kernel_init=build_initializer(self.kernel_init, self.kernel_init_kwargs),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            axes=axes,
+            dropout_rate=dropout_rate,
+            **kw,
+        )
+
+    def _head(self, in_axis: str | None, **kw) -> nn.Module:
+        init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=partitioned(init, (in_axis, "classes")),
+            bias_init=partitioned(nn.initializers.zeros, ("classes",)),
+            dtype=self.dtype,
+            **kw,
+        )
+
+    def pipeline_segments(self) -> list[Segment]:
+        """The MLP as pipeline segments: flatten, layer_00, the run layer_01.., the head.
+
+        ValueError unless there are at least two hidden layers of equal width.
+        """
+        widths = self._hidden_widths()
+        if len(widths) < 2 or len(set(widths)) != 1:
+            raise ValueError(
+                f"MLP: pipelining needs >= 2 hidden layers of equal width, got widths={widths}"
+            )
+        names = tuple(layer_name(i, len(widths)) for i in range(len(widths)))
+        # parent=None: standalone modules, not submodules of this (unbound) MLP
+        layer = self._hidden(widths[0], (None, None), self.dropout_rate, parent=None)
+        return [
+            Layer(None, lambda x: x.reshape(x.shape[0], -1)),
+            Layer(names[0], layer),
+            Repeated(names[1:], layer),
+            Layer(HEAD, self._head(None, parent=None), train_arg=False),
+        ]

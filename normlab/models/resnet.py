@@ -39,7 +39,11 @@ from normlab.models.cnn import check_nhwc, conv_layer
 from normlab.nn.dropout import StochasticDepth, linear_depth_rates
 from normlab.nn.norm_act import NormAct
 from normlab.nn.residual_init import ResidualInit
+from normlab.parallel.logical import channel_params, constrain, partitioned
+from normlab.parallel.pipeline import Layer, Repeated, Segment
 from normlab.registry import MODELS, NORMS, RESIDUAL_INITS
+
+Axes = tuple[str | None, str | None]
 
 BLOCKS = ("basic", "bottleneck")
 SHORTCUTS = ("projection", "zero_pad")
@@ -96,13 +100,21 @@ class ResidualBlock(nn.Module):
         out = self.features * BOTTLENECK_EXPANSION
         return [(self.features, 1, 1), (self.features, 3, self.strides), (out, 1, 1)]
 
+    def _axes(self) -> list[Axes]:
+        """Logical (in, out) channel axes of each branch conv: column- then row-parallel."""
+        if self.block == "basic":
+            return [("embed", "mlp"), ("mlp", "embed")]
+        return [("embed", "mlp"), ("mlp", "embed"), (None, "embed")]
+
     def _norm_act(
-        self, name: str, norm_kwargs: Mapping[str, Any], *, linear: bool = False
+        self, name: str, norm_kwargs: Mapping[str, Any], *, linear: bool = False,
+        axis: str | None = "embed",
     ) -> NormAct:
-        """NormAct with the block's activation, or with none (`linear`) before an addition."""
+        """NormAct with the block's activation, or with none (`linear`) before an addition;
+        its per-channel params run along the logical `axis`."""
         if linear:
             norm_kwargs = {**_LINEAR_NORM_KWARGS.get(self.norm, {}), **norm_kwargs}
-        return NormAct(
+        return channel_params(NormAct, axis)(
             norm=self.norm,
             activation="identity" if linear else self.activation,
             norm_kwargs=norm_kwargs,
@@ -110,14 +122,15 @@ class ResidualBlock(nn.Module):
             name=name,
         )
 
-    def _conv(self, features: int, kernel: int, strides: int, init: Callable, name: str):
+    def _conv(self, features: int, kernel: int, strides: int, init: Callable, name: str,
+              axes: Axes = (None, "embed")):
         return conv_layer(
             self.conv,
             features,
             kernel,
             strides=strides,
             use_bias=self.use_bias,
-            kernel_init=init,
+            kernel_init=partitioned(init, (None, None, *axes)),
             dtype=self.dtype,
             name=name,
         )
@@ -163,30 +176,39 @@ class ResidualBlock(nn.Module):
                 self.kernel_init, j, **branch_kw, norm_scale_after=scale_after and j == m - 1
             )
 
+        axes = self._axes()
+
+        def conv(j: int, h: jax.Array) -> jax.Array:
+            features, kernel, strides = layers[j]
+            h = self._conv(features, kernel, strides, kernel_init(j), f"conv{j + 1}", axes[j])(h)
+            return constrain(h, ("batch", None, None, axes[j][1]))
+
         if self.preact:
             pre = self._norm_act("norm_act1", norm_kwargs)(res.bias(x), train=train)
             shortcut = self._shortcut(x, layers[-1][0], pre, train)
             h = pre
-            for j, (features, kernel, strides) in enumerate(layers):
+            for j in range(m):
                 if j > 0:
-                    h = self._norm_act(f"norm_act{j + 1}", norm_kwargs)(res.bias(h), train=train)
-                h = self._conv(features, kernel, strides, kernel_init(j), f"conv{j + 1}")(
-                    res.bias(h)
-                )
+                    h = self._norm_act(f"norm_act{j + 1}", norm_kwargs, axis=axes[j - 1][1])(
+                        res.bias(h), train=train
+                    )
+                h = conv(j, res.bias(h))
         else:
             x_in = res.bias(x)
             h = x_in
-            for j, (features, kernel, strides) in enumerate(layers):
+            for j in range(m):
                 last = j == m - 1
-                h = self._conv(features, kernel, strides, kernel_init(j), f"conv{j + 1}")(h)
+                h = conv(j, h)
                 if last:
                     kw = norm_kwargs
                     if scale_after:
                         kw = {**kw, "scale_init": res.norm_scale_init(j, layers_per_branch=m)}
-                    h = self._norm_act(f"norm_act{j + 1}", kw, linear=True)(h, train=train)
+                    h = self._norm_act(f"norm_act{j + 1}", kw, linear=True, axis=axes[j][1])(
+                        h, train=train
+                    )
                 else:
                     # Fixup's scalar biases sit before the activation and before the next conv.
-                    h = self._norm_act(f"norm_act{j + 1}", norm_kwargs)(
+                    h = self._norm_act(f"norm_act{j + 1}", norm_kwargs, axis=axes[j][1])(
                         res.bias(h), train=train
                     )
                     h = res.bias(h)
@@ -227,12 +249,13 @@ class Stem(nn.Module):
             kernel,
             strides=strides,
             use_bias=self.use_bias,
-            kernel_init=self.kernel_init,
+            kernel_init=partitioned(self.kernel_init, (None, None, None, "embed")),
             dtype=self.dtype,
             name="conv",
         )(x)
+        x = constrain(x, ("batch", None, None, "embed"))
         if not self.preact:
-            x = NormAct(
+            x = channel_params(NormAct, "embed")(
                 norm=self.norm,
                 activation=self.activation,
                 norm_kwargs=self.norm_kwargs,
@@ -279,6 +302,11 @@ class ResNet(nn.Module):
 
     Layers are layer_00 (stem), layer_01..layer_L (blocks), layer_{L+1} (v2's final NormAct),
     then "head"; their pre-activations sort in depth order (`normlab.models`).
+
+    Tensor parallelism (Megatron): in each block the first conv is column-parallel
+    (in "embed", out "mlp") and the second row-parallel ("mlp" → "embed"); a bottleneck's third
+    conv is (None → "embed"); stem, shortcut and head produce "embed" channels; every norm's
+    per-channel params follow the channels it normalizes. Pipelining: `pipeline_segments`.
 
         model = ResNet(stage_sizes=(1, 1, 1), base_width=4, cifar_stem=True, num_classes=10,
                        norm="group+proxy", norm_kwargs={"num_groups": 2}, preact=True)
@@ -335,9 +363,9 @@ class ResNet(nn.Module):
                 f"got {self.stochastic_depth_rate}"
             )
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        self._check(x)
+    def _layer_specs(self) -> list[tuple[str, Callable[..., nn.Module], dict, tuple | None]]:
+        """(name, module class, fields, (stage, block) or None) of every layer before pooling:
+        the stem, each residual block of each stage, v2's final NormAct."""
         res: ResidualInit = RESIDUAL_INITS.build(self.residual_init)
         init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
         # A norm's β, or Fixup's scalar biases, make per-channel conv biases redundant.
@@ -358,12 +386,13 @@ class ResNet(nn.Module):
         def width(channels: int) -> int:
             return max(1, round(channels * self.width_multiplier))
 
-        x = Stem(features=width(self.base_width), cifar=self.cifar_stem, preact=self.preact,
-                 name=layer_name(0, num_layers), **common)(x, train=train)
+        stem = dict(features=width(self.base_width), cifar=self.cifar_stem, preact=self.preact,
+                    **common)
+        specs = [(layer_name(0, num_layers), Stem, stem, None)]
         index = 1
         for stage, size in enumerate(self.stage_sizes):
             for b in range(size):
-                x = ResidualBlock(
+                block = dict(
                     features=width(self.base_width * 2**stage),
                     strides=2 if stage > 0 and b == 0 else 1,
                     block=self.block,
@@ -372,15 +401,72 @@ class ResNet(nn.Module):
                     num_blocks=num_blocks,
                     residual_init=self.residual_init,
                     drop_rate=drop_rates[index - 1],
-                    name=layer_name(index, num_layers),
                     **common,
-                )(x, train=train)
+                )
+                specs.append((layer_name(index, num_layers), ResidualBlock, block, (stage, b)))
                 index += 1
         if self.preact:
-            x = NormAct(name=layer_name(index, num_layers), **norm_act)(x, train=train)
-        x = res.bias(jnp.mean(x, axis=(1, 2)))
+            final = channel_params(NormAct, "embed")
+            specs.append((layer_name(index, num_layers), final, dict(norm_act), None))
+        return specs
+
+    def _head(self, **kw: Any) -> nn.Dense:
+        res: ResidualInit = RESIDUAL_INITS.build(self.residual_init)
+        init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
         head_init = nn.initializers.zeros if res.fixup else init
-        return nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype, name=HEAD)(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=partitioned(head_init, ("embed", "classes")),
+            bias_init=partitioned(nn.initializers.zeros, ("classes",)),
+            dtype=self.dtype,
+            **kw,
+        )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        self._check(x)
+        for name, cls, fields, _ in self._layer_specs():
+            x = cls(name=name, **fields)(x, train=train)
+        res: ResidualInit = RESIDUAL_INITS.build(self.residual_init)
+        x = res.bias(jnp.mean(x, axis=(1, 2)))
+        return self._head(name=HEAD)(x)
+
+    def pipeline_segments(self) -> list[Segment]:
+        """The ResNet as pipeline segments: in each stage, blocks 1..n−1 (identical) form a
+        run; the stem, each stage's first block (new width or stride), v2's final NormAct,
+        pooling and the head run outside the runs.
+
+        ValueError with Fixup (scalar biases outside the blocks) or stochastic depth (blocks
+        with different drop rates are not identical).
+        """
+        res: ResidualInit = RESIDUAL_INITS.build(self.residual_init)
+        if res.fixup or self.stochastic_depth_rate:
+            raise ValueError(
+                "ResNet: pipelining needs identical blocks: no Fixup and no stochastic depth, "
+                f"got residual_init={self.residual_init!r}, "
+                f"stochastic_depth_rate={self.stochastic_depth_rate}"
+            )
+        segments: list[Segment] = []
+        run: list[tuple[str, nn.Module]] = []
+
+        def flush() -> None:
+            if len(run) == 1:
+                segments.append(Layer(*run[0]))
+            elif run:
+                segments.append(Repeated(tuple(name for name, _ in run), run[0][1]))
+            run.clear()
+
+        for name, cls, fields, where in self._layer_specs():
+            module = cls(parent=None, **fields)  # standalone, not a submodule of self
+            if where is None or where[1] == 0:
+                flush()
+                segments.append(Layer(name, module))
+            else:
+                run.append((name, module))
+        flush()
+        segments.append(Layer(None, lambda x: jnp.mean(x, axis=(1, 2))))
+        segments.append(Layer(HEAD, self._head(parent=None), train_arg=False))
+        return segments
 
 
 for _depth in (20, 32, 56, 110):

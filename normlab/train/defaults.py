@@ -45,8 +45,17 @@ def base_config() -> ml_collections.ConfigDict:
         {"l2": 0.0, "l1": 0.0, "decoupled": 0.0, "proxy": 0.0}
     )
     c.label_smoothing = 0.0
-    # devices: one size may be -1 (the remaining devices)
+    # devices (normlab.parallel.plan): one mesh size may be -1 (the remaining devices)
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})
+    c.parallel_mode = "jit"  # or "pmap": the legacy data-parallel step, for comparison
+    # logical axis -> mesh axis (None: replicated); normlab.parallel.logical
+    c.sharding_rules = (("batch", "data"), ("embed", None), ("mlp", "model"), ("classes", None))
+    c.pipeline = ml_collections.ConfigDict({"microbatches": 1})  # GPipe, when mesh.stage > 1
+    # BatchNorm statistics over: global | per_device | ghost (ghost_batch_size) | groups
+    # (bn_groups groups of data devices); normlab.parallel.bn_scope
+    c.bn_scope = "global"
+    c.ghost_batch_size = 0
+    c.bn_groups = 0
     return c
 
 

@@ -29,7 +29,8 @@ def evaluate_workdir(
     model = build_model(config, inputs.num_classes(config))
     # The optimizer only shapes the restored tree; the run length does not matter here.
     tx, _ = build_tx(config, total_steps=10**9)
-    mesh = build_mesh(dict(config.mesh))
+    # checkpoints hold the model's own layout: evaluate on whatever devices this machine has
+    mesh = build_mesh({"data": -1})
     preprocessor = None
 
     def target(pre_arrays, meta):

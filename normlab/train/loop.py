@@ -10,6 +10,13 @@ Faults: a non-finite loss raises `NonFiniteLossError` without saving (the last g
 stays); SIGINT (Ctrl-C) finishes the current chunk, saves and returns; a killed run restarts from
 its newest readable checkpoint and, because batches and randomness are functions of the step,
 ends with the same parameters as an uninterrupted run.
+
+Devices (`normlab.parallel.plan`): the config's mesh and parallel mode decide how the step runs
+(data, tensor or pipeline parallelism under jit, or legacy pmap); checkpoints, evaluation and
+diagnostics always see the canonical state layout, so a checkpoint restores on any mesh. With
+several processes (`normlab.parallel.distributed`) every process runs this same function: each
+reads only its own rows of every batch, all of them write and restore checkpoints together,
+and process 0 alone writes metrics, progress and the summary.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from ml_collections import ConfigDict
 from normlab.data.loader import EpochSampler
 from normlab.errors import NonFiniteLossError
 from normlab.nn.penalties import default_decay_mask
-from normlab.parallel.mesh import batch_sharded, build_mesh, replicated
+from normlab.parallel.mesh import replicated
+from normlab.parallel.plan import ParallelPlan
 from normlab.registry import MODELS
 from normlab.train import inputs
 from normlab.train.checkpoint import Checkpointer
@@ -38,8 +46,8 @@ from normlab.train.diagnostics import collect_preacts, layer_diagnostics
 from normlab.train.metrics import MetricWriter, Progress
 from normlab.train.optim import build_optimizer
 from normlab.train.run_info import run_info
-from normlab.train.state import TrainState, init_state
-from normlab.train.step import StepConfig, eval_step, train_chunk_from_indices
+from normlab.train.state import TrainState
+from normlab.train.step import StepConfig, eval_step
 from normlab.train.validate import model_kwargs, resolve_total_steps, validate
 
 log = logging.getLogger(__name__)
@@ -137,12 +145,8 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     is_main = jax.process_index() == 0
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    mesh = build_mesh(dict(config.mesh))
-    if config.batch_size % mesh.shape["data"]:
-        raise ValueError(
-            f"batch_size={config.batch_size} is not divisible by the {mesh.shape['data']} "
-            "devices of the mesh's data axis"
-        )
+    plan = ParallelPlan.from_config(config)  # bad mesh or batch shapes fail here
+    mesh = plan.mesh
     t_start = time.time()
 
     # ---------------------------------------------------------------- data
@@ -153,16 +157,10 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     sampler = EpochSampler(len(train_x), config.batch_size, config.seed)
 
     # ---------------------------------------------------------------- model and optimizer
-    model = build_model(config, num_classes)
+    # `model`: the canonical model (init, eval, diagnostics); `run_model`: what the step runs
+    model, run_model = plan.adapt_model(build_model(config, num_classes))
     tx, lr_fn = build_tx(config, total_steps)
     rng = jax.random.PRNGKey(config.seed)
-
-    def abstract_state(example_x):
-        shapes = jax.eval_shape(lambda: init_state(model, tx, rng, example_x))
-        sharding = replicated(mesh)
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes
-        )
 
     # ---------------------------------------------------------------- state: restore or init
     checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -171,25 +169,29 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     def restore_target(pre_arrays, meta):
         nonlocal preprocessor
         preprocessor = inputs.join_state(pre_arrays, meta["preprocess"])
-        return abstract_state(np.asarray(preprocessor(train_x[:1])))
+        return plan.abstract_state(model, tx, rng, np.asarray(preprocessor(train_x[:1])))
 
     restored = checkpointer.restore_latest(restore_target)
     if restored is not None:
-        state, _, meta = restored
-        log.info("resumed from the checkpoint at step %d", meta["step"])
+        canonical, _, meta = restored
+        start_step = int(meta["step"])
+        state = plan.to_run(canonical, run_model)
+        log.info("resumed from the checkpoint at step %d", start_step)
     else:
         preprocessor = inputs.fit_preprocessor(config, train_x)
         example = np.asarray(preprocessor(train_x[:1]))
-        state = jax.jit(
-            lambda: init_state(model, tx, rng, example), out_shardings=replicated(mesh)
-        )()
+        state = plan.init_state(model, run_model, tx, rng, example)
+        start_step = 0
     pre_arrays, pre_rest = inputs.split_state(preprocessor)
-    start_step = int(state.step)
 
-    # data on the device, replicated; each step gathers its batch and shards it over `data`
+    # One process: the data set on the devices; each step gathers its batch there and shards
+    # it over `data`. Several processes: each sends only its own rows of every batch.
+    per_process = jax.process_count() > 1
     put = functools.partial(jax.device_put, device=replicated(mesh))
-    train_xd = put(inputs.transform(preprocessor, train_x))
-    train_yd = put(train_split.labels.astype(np.int32))
+    train_xh = inputs.transform(preprocessor, train_x)
+    train_yh = train_split.labels.astype(np.int32)
+    if not per_process:
+        train_xd, train_yd = plan.put_train(train_xh), plan.put_train(train_yh)
     evals = {
         prefix: (
             put(inputs.transform(preprocessor, inputs.to_float(s.images, config.pad_to))),
@@ -197,7 +199,7 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
         )
         for prefix, s in eval_splits.items()
     }
-    diag_x = train_xd[: config.diag_batch_size]
+    diag_x = put(train_xh[: config.diag_batch_size])
 
     step_cfg = StepConfig(
         model=model,
@@ -209,13 +211,8 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
         l1=config.weight_decay.l1,
         proxy_decay=config.weight_decay.proxy,
         augment={name: dict(kw) for name, kw in config.augment.items()},
-        batch_sharding=batch_sharded(mesh),
     )
-    chunk_fn = jax.jit(
-        functools.partial(train_chunk_from_indices, step_cfg),
-        donate_argnums=0,
-        out_shardings=(replicated(mesh), replicated(mesh)),
-    )
+    chunk_fn = plan.chunk_fn(step_cfg, run_model, state, from_batches=per_process)
 
     evaluate = make_evaluator(model)
     diagnostics = make_diagnostics(model, config.model.activation)
@@ -232,22 +229,26 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     def due(every: int) -> bool:
         return bool(every) and step % every == 0
 
-    def save() -> None:
+    def save(canonical: TrainState) -> None:
         nonlocal last_saved
         meta = {
             "preprocess": pre_rest,
             "data_position": step,
-            "input_shape": list(train_xd.shape[1:]),
+            "input_shape": list(train_xh.shape[1:]),
             "config": config.to_dict(),
         }
-        checkpointer.save(step, state, pre_arrays, meta)
+        checkpointer.save(step, canonical, pre_arrays, meta)
         last_saved = step
 
     with _StopRequest() as stop:
         while step < total_steps:
             k = min(config.steps_per_call, total_steps - step)
             idx = np.stack([sampler.batch_indices(s) for s in range(step, step + k)])
-            state, metrics = chunk_fn(state, train_xd, train_yd, jnp.asarray(idx, jnp.int32))
+            if per_process:
+                batches = (plan.host_batches(train_xh, idx), plan.host_batches(train_yh, idx))
+                state, metrics = chunk_fn(state, *batches)
+            else:
+                state, metrics = chunk_fn(state, train_xd, train_yd, jnp.asarray(idx, jnp.int32))
             metrics = jax.device_get(metrics)
             losses = metrics["train_loss"]
             if not np.all(np.isfinite(losses)):
@@ -264,6 +265,11 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
                 )
             pending.append(metrics)
             step += k
+            stopping = stop.requested  # read once: SIGINT may arrive at any moment
+            wanted = (config.eval_every_steps, config.diag_every_steps,
+                      config.checkpoint_every_steps)
+            if step == total_steps or stopping or any(due(every) for every in wanted):
+                canonical = plan.to_canonical(state, run_model)  # the model's own layout
             bar.update(step, f"loss {float(losses[-1]):.4f}")
 
             record: dict[str, float] = {}
@@ -280,18 +286,19 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
                 pending.clear()
             if due(config.eval_every_steps) or step == total_steps:
                 for prefix, (x, y) in evals.items():
-                    for name, value in evaluate(state, x, y, config.eval_batch_size).items():
+                    for name, value in evaluate(canonical, x, y, config.eval_batch_size).items():
                         record[f"{prefix}_{name}"] = value
             if due(config.diag_every_steps):
-                diag = jax.device_get(diagnostics(state, diag_x))
+                diag = jax.device_get(diagnostics(canonical, diag_x))
                 record.update({k: float(v) for k, v in diag.items()})
             if record:
                 writer.write(step, record)
                 history.append({"step": step, **record})
             if due(config.checkpoint_every_steps) or step == total_steps:
-                save()
-            if stop.requested:
-                save()
+                save(canonical)
+            if stopping:
+                if last_saved != step:  # a periodic save may have just written this step
+                    save(canonical)
                 log.warning("interrupted: saved a checkpoint at step %d; rerun to resume", step)
                 break
 

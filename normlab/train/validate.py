@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from normlab.parallel.bn_scope import check_scope
+from normlab.parallel.logical import parse_rules
+from normlab.parallel.plan import MODES
 from normlab.registry import (
     ACTIVATIONS,
     AUGMENTATIONS,
@@ -68,6 +71,13 @@ def validate(config: ConfigDict) -> None:
         )
     if not config.evals:
         raise ValueError("config.evals must name at least one split, e.g. {'eval': 'test'}")
+    # the device-dependent checks (mesh, batch splits) follow in ParallelPlan.from_config
+    if config.parallel_mode not in MODES:
+        raise ValueError(
+            f"unknown parallel_mode {config.parallel_mode!r}; valid: {', '.join(MODES)}"
+        )
+    check_scope(config.bn_scope)
+    parse_rules(config.sharding_rules)
 
 
 def resolve_total_steps(config: ConfigDict, num_train_examples: int) -> int:
