@@ -1,0 +1,137 @@
+"""Training runs behind a report: train a config (or reuse a finished run) and read its curves.
+
+    from normlab.config import load_config
+    result = run_training(load_config("configs/mnist_mlp.py:norm=batch"), "runs/bn", reuse=True)
+    steps, acc = result.series("eval_accuracy")
+    steps_to_reach(steps, acc, 0.95)          # first logged step with accuracy >= 0.95
+
+A run whose loss becomes non-finite is a result, not a crash: `RunResult.diverged` holds the
+message and the curves hold what was logged before it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from normlab.errors import NonFiniteLossError
+from normlab.train.loop import train
+from normlab.train.metrics import read_metrics
+
+DIVERGED = "diverged.json"
+
+
+def series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of metric `key` over the records that hold a finite value of it.
+
+        steps, loss = series(read_metrics(workdir), "train_loss")
+    """
+    pairs = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    steps, values = zip(*pairs, strict=True)
+    return np.asarray(steps, np.int64), np.asarray(values, np.float64)
+
+
+def steps_to_reach(
+    steps: Sequence[int], values: Sequence[float], threshold: float
+) -> int | None:
+    """The first step whose value is >= `threshold` (None if it never is).
+
+        steps_to_reach([500, 1000], [0.91, 0.96], 0.95)   # 1000
+    """
+    hits = [s for s, v in zip(steps, values, strict=True) if v >= threshold]
+    return int(hits[0]) if hits else None
+
+
+@dataclass
+class RunResult:
+    """One training run: its metrics records, summary and, if its loss went non-finite, why."""
+
+    name: str
+    workdir: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    diverged: str | None = None
+    reused: bool = False
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of metric `key` (see `series`)."""
+        return series(self.records, key)
+
+    def final(self, key: str) -> float | None:
+        """The last logged value of `key` (None if never logged)."""
+        _, values = self.series(key)
+        return float(values[-1]) if len(values) else None
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall seconds of the training session that produced the run (None if it diverged)."""
+        return self.summary.get("wall_seconds_this_session")
+
+
+def _records(workdir: Path) -> list[dict[str, Any]]:
+    # a run that diverged before its first log line has no metrics file
+    return read_metrics(workdir) if (workdir / "metrics.jsonl").exists() else []
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # The device mesh is left out: parallel layouts compute the same run (to float
+    # tolerance), so a run made on one device is reused on a machine with eight.
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "mesh"}
+
+
+def _finished_run(config: ConfigDict, workdir: Path) -> tuple[dict, str | None] | None:
+    """(summary, diverged message) of a completed run of exactly `config`, else None."""
+    try:
+        saved = json.loads((workdir / "config.json").read_text())
+        if _comparable(saved) != _comparable(config.to_dict()):
+            return None
+        if (workdir / DIVERGED).exists():
+            return {}, json.loads((workdir / DIVERGED).read_text())["message"]
+        summary = json.loads((workdir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (summary, None) if summary.get("finished") else None
+
+
+def run_training(
+    config: ConfigDict,
+    workdir: str | Path,
+    *,
+    name: str | None = None,
+    reuse: bool = False,
+    progress: bool = False,
+) -> RunResult:
+    """Trains `config` from scratch in `workdir` (`normlab.train.loop.train`) and reads back its
+    metrics. With `reuse`, a finished (or diverged) run of the same config (the `mesh` field
+    aside) found there is read instead of retrained. A previous normlab run in `workdir` is
+    deleted first; any other non-empty folder raises ValueError rather than being deleted.
+
+        result = run_training(config, "runs/bn", name="BN", reuse=True)
+    """
+    workdir = Path(workdir)
+    name = name or workdir.name
+    if reuse and (found := _finished_run(config, workdir)) is not None:
+        summary, diverged = found
+        return RunResult(name, workdir, _records(workdir), summary, diverged, reused=True)
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / "config.json").exists():
+            raise ValueError(
+                f"run_training: workdir={str(workdir)!r} is not empty and holds no normlab run; "
+                "refusing to delete it"
+            )
+        shutil.rmtree(workdir)
+    try:
+        summary = train(config, workdir, progress=progress)
+    except NonFiniteLossError as err:
+        (workdir / DIVERGED).write_text(json.dumps({"message": str(err)}) + "\n")
+        return RunResult(name, workdir, _records(workdir), {}, str(err))
+    return RunResult(name, workdir, _records(workdir), summary)

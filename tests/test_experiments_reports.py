@@ -1,0 +1,147 @@
+"""normlab.reports: Markdown tables and reports, PNG figures, training runs behind a report."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normlab.config import apply_overrides, load_config
+from normlab.reports import (
+    Report,
+    fmt,
+    markdown_table,
+    new_figure,
+    plot_curves,
+    run_training,
+    save_figure,
+    series,
+    steps_to_reach,
+)
+from normlab.reports.experiment import load_experiment, parse_experiment_args
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_fmt_cells():
+    assert fmt(0.98123, ".3f") == "0.981"
+    assert fmt(np.float32(0.5), ".2f") == "0.50"
+    assert fmt(None) == "—" and fmt(float("nan")) == "—"
+    assert fmt(3) == "3" and fmt(np.int64(7)) == "7"
+    assert fmt(True) == "True" and fmt("a|b") == "a|b"
+
+
+def test_markdown_table_layout_alignment_and_escaping():
+    text = markdown_table(["net", "acc"], [["BN|x", 0.98123], ["plain", None]], spec=".2f")
+    assert text.splitlines() == [
+        "| net | acc |",
+        "|:---|---:|",
+        "| BN\\|x | 0.98 |",
+        "| plain | — |",
+    ]
+    centered = markdown_table(["a", "b"], [[1, 2]], align="cl")
+    assert centered.splitlines()[1] == "|:---:|:---|"
+
+
+def test_markdown_table_errors():
+    with pytest.raises(ValueError, match="every row needs 2 cells, got a row of 3"):
+        markdown_table(["a", "b"], [[1, 2, 3]])
+    with pytest.raises(ValueError, match="align must be 2 of l/r/c, got align='x'"):
+        markdown_table(["a", "b"], [[1, 2]], align="x")
+
+
+def test_series_and_steps_to_reach():
+    records = [{"step": 100, "acc": 0.5}, {"step": 200}, {"step": 300, "acc": None},
+               {"step": 400, "acc": 0.96}, {"step": 500, "acc": 0.97}]
+    steps, values = series(records, "acc")
+    np.testing.assert_array_equal(steps, [100, 400, 500])
+    np.testing.assert_array_equal(values, [0.5, 0.96, 0.97])
+    assert steps_to_reach(steps, values, 0.95) == 400
+    assert steps_to_reach(steps, values, 0.99) is None
+    empty_steps, empty_values = series(records, "missing")
+    assert len(empty_steps) == len(empty_values) == 0
+
+
+def test_report_writes_provenance_tables_and_figures(tmp_path):
+    report = Report("T: a report", tmp_path / "out", command="python run.py --tiny")
+    report.facts["data"] = "digits"
+    report.heading("Numbers")
+    report.text("Some *text*.")
+    report.table(["x", "y"], [[1, 0.25]], spec=".2f")
+    fig, axes = new_figure(2, 1)
+    assert len(axes) == 2
+    plot_curves(axes[0], {"a": ([1, 2, 3], [1.0, 0.5, 0.25])}, xlabel="step", ylabel="loss",
+                logy=True)
+    png = report.figure(fig, "curves.png", "The curves")
+    report.save_json("results.json", {"value": np.float32(0.5)})
+    path = report.write()
+    text = path.read_text()
+    assert text.startswith("# T: a report\n")
+    for needle in ("`python run.py --tiny`", "| device |", "| wall time |", "| git revision |",
+                   "| data | digits |", "## Numbers", "| 1 | 0.25 |",
+                   "![The curves](curves.png)", "CPU load"):
+        assert needle in text
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == {"value": 0.5}
+
+
+def test_report_and_figure_errors(tmp_path):
+    report = Report("T", tmp_path)
+    with pytest.raises(ValueError, match="level must be in \\[2, 6\\], got level=1"):
+        report.heading("x", level=1)
+    fig, _ = new_figure(1)
+    with pytest.raises(ValueError, match="path must end in .png, got path='.*x.jpg'"):
+        save_figure(fig, tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="need ncols, nrows >= 1, got ncols=0, nrows=1"):
+        new_figure(0)
+
+
+def test_parse_experiment_args_defaults_and_command(tmp_path):
+    script = REPO / "experiments" / "e1_init_stats" / "run.py"
+    args = parse_experiment_args("E1: doc.", script, ["--tiny", "--out", str(tmp_path)])
+    assert args.tiny and args.out == tmp_path and args.runs == tmp_path / "runs"
+    assert args.command.startswith("python ") and args.command.endswith(
+        f"run.py --tiny --out {tmp_path}")
+    default = parse_experiment_args("E1: doc.", script, [])
+    assert default.out == script.parent and not default.tiny and not default.reuse
+
+
+def test_load_experiment_unknown_name():
+    with pytest.raises(ValueError, match="no experiment name='e99_nothing'; found"):
+        load_experiment("e99_nothing")
+
+
+def _digits_config(*overrides):
+    config = load_config(f"{REPO}/configs/mnist_mlp.py:dataset=digits,norm=batch,runlocal")
+    apply_overrides(config, overrides)
+    return config
+
+
+def test_run_training_trains_reuses_and_records_divergence(tmp_path):
+    config = _digits_config("total_steps=10")
+    first = run_training(config, tmp_path / "run", name="bn")
+    assert first.name == "bn" and not first.reused and first.diverged is None
+    assert first.summary["finished"] and [r["step"] for r in first.records] == [5, 10]
+    assert first.final("train_loss") == pytest.approx(first.records[-1]["train_loss"])
+    again = run_training(config, tmp_path / "run", reuse=True)
+    assert again.reused and again.records == first.records
+    # a different config in the same workdir is retrained, not reused
+    other = run_training(_digits_config("total_steps=5"), tmp_path / "run", reuse=True)
+    assert not other.reused and other.summary["step"] == 5
+
+    bad = run_training(_digits_config("total_steps=10", "lr=1e38"), tmp_path / "bad")
+    assert bad.diverged is not None and "non-finite training loss" in bad.diverged
+    assert bad.seconds is None and bad.final("eval_accuracy") is None
+    reread = run_training(_digits_config("total_steps=10", "lr=1e38"), tmp_path / "bad",
+                          reuse=True)
+    assert reread.reused and reread.diverged == bad.diverged
+    assert all(math.isfinite(r["train_loss"]) for r in reread.records if r.get("train_loss"))
+
+
+def test_run_training_refuses_to_delete_a_foreign_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(ValueError, match="is not empty and holds no normlab run"):
+        run_training(_digits_config(), tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "precious"
