@@ -1,0 +1,158 @@
+"""Each normalization layer alone on NHWC tensors, forward and forward+backward, relative to BN.
+
+A candidate is the unit the models are built from, `NormAct(norm, activation)`: the norm and its
+activation (Proxy Norm's activation sits inside the norm; BN's follows it), in training mode
+(BN updates its running statistics). "flax:group" is `flax.linen.GroupNorm` followed by the same
+activation, the reference the field reports as slow. Forward+backward is the gradient of
+⟨y, w⟩ for a fixed random cotangent w with respect to the input and the parameters. All norms of
+one shape are timed in one interleaved run; ratios are paired medians against "batch". The
+forward+backward call also returns y, as a training step keeps it for the next layer.
+
+    rows = bench_norm_ops([(128, 16, 16, 32)], ["batch", "group", "group+proxy"], repeats=10)
+    rows[1]["fwd_bwd_ratio_to_batch"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normlab.bench.harness import paired_ratio, time_interleaved
+from normlab.nn.activations import make_activation
+from normlab.nn.norm_act import NormAct
+from normlab.registry import NORMS
+
+FLAX_GROUP = "flax:group"
+DEFAULT_NORMS = ("batch", "layer", "instance", "group", "group+proxy", "layer+proxy", FLAX_GROUP)
+# The activations of a CIFAR ResNet-20 at batch 128 (32², 16², 8² at 16/32/64 channels) and a
+# late ImageNet-ResNet stage at a small spatial size, where per-example norms were slowest.
+DEFAULT_SHAPES = ((128, 32, 32, 16), (128, 16, 16, 32), (128, 8, 8, 64), (64, 4, 4, 512))
+GROUPED = ("group", "evonorm_s0", FLAX_GROUP)
+
+
+def norm_kwargs(norm: str, groups: int, channels: int | None = None) -> dict[str, int]:
+    """{"num_groups": G} for the grouped norms (G = min(groups, channels)), {} for the others."""
+    if not norm.startswith(GROUPED):
+        return {}
+    return {"num_groups": groups if channels is None else min(groups, channels)}
+
+
+class _FlaxGroupAct(nn.Module):
+    num_groups: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return make_activation(self.activation)(nn.GroupNorm(num_groups=self.num_groups)(x))
+
+
+def norm_unit(norm: str, activation: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The module timed for `norm`: `NormAct(norm, activation)`, or flax's GroupNorm + act."""
+    if norm == FLAX_GROUP:
+        return _FlaxGroupAct(num_groups=kwargs["num_groups"], activation=activation)
+    NORMS.get(norm)  # an unknown name fails here, listing the valid ones
+    return NormAct(norm=norm, activation=activation, norm_kwargs=kwargs)
+
+
+def unit_calls(
+    unit: nn.Module, x: jax.Array, cotangent: jax.Array
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(forward, forward+backward) zero-argument calls of the jitted `unit` on x, train mode."""
+    variables = unit.init(jax.random.key(0), x, train=False)
+    params = variables.get("params", {})
+    state = {k: v for k, v in variables.items() if k != "params"}
+
+    def forward(params, x):
+        return unit.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
+
+    def loss(params, x):
+        y, updates = forward(params, x)
+        # y is returned too: in a model the next layer reads it, so it is always materialized
+        return jnp.vdot(y.astype(jnp.float32), cotangent.astype(jnp.float32)), (y, updates)
+
+    fwd = jax.jit(forward)
+    fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    return (lambda: fwd(params, x)), (lambda: fwd_bwd(params, x))
+
+
+def bench_norm_ops(
+    shapes: Sequence[Sequence[int]],
+    norms: Sequence[str] = DEFAULT_NORMS,
+    *,
+    dtype: Any = jnp.float32,
+    activation: str = "relu",
+    groups: int = 8,
+    repeats: int = 10,
+    min_sample_s: float = 0.02,
+) -> list[dict[str, Any]]:
+    """One row per (shape, norm): ms per call and paired ratios to "batch" (None without it)."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        shape = tuple(int(s) for s in shape)
+        x = jnp.asarray(rng.standard_normal(shape), dtype)
+        cotangent = jnp.asarray(rng.standard_normal(shape), dtype)
+        kwargs = {norm: norm_kwargs(norm, groups, shape[-1]) for norm in norms}
+        calls = {norm: unit_calls(norm_unit(norm, activation, kwargs[norm]), x, cotangent)
+                 for norm in norms}
+        timed = {
+            mode: time_interleaved({norm: calls[norm][i] for norm in norms}, repeats=repeats,
+                                   min_sample_s=min_sample_s)
+            for i, mode in enumerate(("fwd", "fwd_bwd"))
+        }
+        for norm in norms:
+            row: dict[str, Any] = {"norm": norm, "norm_kwargs": kwargs[norm], "shape": list(shape),
+                                   "dtype": jnp.dtype(dtype).name, "activation": activation}
+            for mode, timings in timed.items():
+                summary = timings[norm].summary()
+                row[f"{mode}_ms"] = summary["median_ms"]
+                row[f"{mode}_p10_ms"] = summary["p10_ms"]
+                row[f"{mode}_p90_ms"] = summary["p90_ms"]
+                row[f"{mode}_min_ms"] = summary["min_ms"]
+                row[f"{mode}_ratio_to_batch"] = (
+                    paired_ratio(timings[norm], timings["batch"]) if "batch" in timings else None
+                )
+            rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per norm over the shapes: geometric mean and maximum of both ratios to BN."""
+    out = []
+    for norm in dict.fromkeys(r["norm"] for r in rows):
+        mine = [r for r in rows if r["norm"] == norm]
+        entry: dict[str, Any] = {"norm": norm, "shapes": len(mine)}
+        for mode in ("fwd", "fwd_bwd"):
+            ratios = [r[f"{mode}_ratio_to_batch"] for r in mine]
+            if None in ratios:
+                continue
+            entry[f"{mode}_ratio_geomean"] = math.exp(sum(map(math.log, ratios)) / len(ratios))
+            entry[f"{mode}_ratio_max"] = max(ratios)
+        out.append(entry)
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table: ms (median [p10–p90]) and ×BN, forward and fwd+bwd."""
+
+    def ratio(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}×"
+
+    lines = ["| shape (NHWC) | norm | fwd ms [p10–p90] | fwd ×BN | fwd+bwd ms [p10–p90] | "
+             "fwd+bwd ×BN |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        kw = "".join(f", {k}={v}" for k, v in r["norm_kwargs"].items())
+        lines.append(
+            f"| {'×'.join(map(str, r['shape']))} | {r['norm']}{kw} | "
+            f"{r['fwd_ms']:.3f} [{r['fwd_p10_ms']:.3f}–{r['fwd_p90_ms']:.3f}] | "
+            f"{ratio(r['fwd_ratio_to_batch'])} | {r['fwd_bwd_ms']:.3f} "
+            f"[{r['fwd_bwd_p10_ms']:.3f}–{r['fwd_bwd_p90_ms']:.3f}] | "
+            f"{ratio(r['fwd_bwd_ratio_to_batch'])} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""The benchmark harness (normlab.bench): its JSON, its statistics, its errors; and the input
+gradient of the fused GN/LN + PN path the benchmark made fast, vs a float64 NumPy reference."""
+
+import argparse
+import json
+from statistics import NormalDist
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from finite_differences import fd_grads
+
+from normlab.bench import command
+from normlab.bench.harness import (
+    Timing,
+    compiled_cost,
+    matmul_flops_per_s,
+    paired_ratio,
+    time_interleaved,
+)
+from normlab.nn.proxy import GroupNormProxy, LayerNormProxy
+
+NORM_OP_FIELDS = {"norm", "fwd_ms", "fwd_bwd_ms", "fwd_ratio_to_batch", "fwd_bwd_ratio_to_batch"}
+PROVENANCE = {"command", "device", "time_utc", "git_revision", "load_before", "load_after"}
+
+
+def _run(tmp_path, *argv):
+    path = tmp_path / "out.json"
+    assert command.main([*argv, "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_quick_norm_ops_json(tmp_path):
+    result = _run(tmp_path, "--quick", "--norm-ops")
+    assert set(result) >= PROVENANCE
+    rows = result["norm_ops"]
+    assert [r["norm"] for r in rows] == ["batch", "group", "group+proxy"]
+    for r in rows:
+        assert set(r) >= NORM_OP_FIELDS
+        assert r["shape"] == [8, 4, 4, 16] and r["dtype"] == "float32"
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
+        assert r["fwd_p10_ms"] <= r["fwd_ms"] <= r["fwd_p90_ms"]
+        assert r["fwd_ratio_to_batch"] > 0 and r["fwd_bwd_ratio_to_batch"] > 0
+    assert rows[0]["fwd_ratio_to_batch"] == rows[0]["fwd_bwd_ratio_to_batch"] == 1.0
+    assert rows[1]["norm_kwargs"] == {"num_groups": 8}
+    names = {t["target"] for t in result["targets"]}
+    assert names == {"group fwd+bwd / BN, worst shape", "group+proxy fwd+bwd / BN, worst shape"}
+
+
+def test_quick_models_json(tmp_path, capsys):
+    result = _run(tmp_path, "--quick", "--norms", "batch,group+proxy", "--peak-tflops", "2")
+    rows = result["models"]
+    assert [r["norm"] for r in rows] == ["batch", "group+proxy"]
+    for r in rows:
+        assert r["model"] == "mlp" and r["batch"] == 8 and r["dtype"] == "float32"
+        assert r["step_ms"] > 0 and r["compile_s"] > 0
+        assert r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3))
+        assert r["flops"] > 0  # XLA's count for the whole step
+        assert r["flops_per_s"] == pytest.approx(r["flops"] / (r["step_ms"] / 1e3))
+        assert r["peak_flops_per_s"] == 2e12  # given: no matmul measured
+        assert r["utilization"] == pytest.approx(r["flops_per_s"] / 2e12)
+    assert rows[0]["ratio_to_batch"] == 1.0 and rows[1]["ratio_to_batch"] > 0
+    assert result["peak_flops"]["matmul"] == {}
+    (pipe,) = result["pipeline"]
+    for mode in ("device", "resident", "streamed"):
+        assert pipe[f"{mode}_step_ms"] > 0
+    assert pipe["resident_ratio"] > 0 and pipe["streamed_ratio"] > 0
+    assert {t["target"].split(",")[0] for t in result["targets"]} == {
+        "step GN+PN / BN", "resident input pipeline / on-device batch"}
+    assert "| mlp | group+proxy | 8 | float32 |" in capsys.readouterr().out
+
+
+def test_measured_peak_is_a_matmul():
+    peak = matmul_flops_per_s(jnp.float32, 64, repeats=2)
+    assert peak["size"] == 64 and peak["samples"] == 2
+    assert peak["flops_per_s"] == pytest.approx(2 * 64**3 / (peak["median_ms"] / 1e3))
+    assert peak["best_flops_per_s"] >= peak["flops_per_s"]
+
+
+def test_timing_statistics():
+    samples = (0.004, 0.001, 0.003, 0.002, 0.010)
+    t = Timing(samples, calls=3)
+    summary = t.summary()
+    assert summary["median_ms"] == pytest.approx(3.0)
+    assert summary["min_ms"] == pytest.approx(1.0)
+    assert summary["p10_ms"] == pytest.approx(1e3 * np.percentile(samples, 10))
+    assert summary["p90_ms"] == pytest.approx(1e3 * np.percentile(samples, 90))
+    assert summary["samples"] == 5 and summary["calls_per_sample"] == 3
+    # paired: repeat by repeat, so a load spike hitting both candidates cancels out
+    slow = Timing(tuple(2 * s for s in samples), calls=1)
+    assert paired_ratio(slow, t) == pytest.approx(2.0)
+    other = Timing((0.002, 0.002, 0.006, 0.002, 0.010), calls=1)
+    assert paired_ratio(other, t) == pytest.approx(float(np.median([0.5, 2, 2, 1, 1])))
+
+
+def test_time_interleaved_calls_every_candidate():
+    counts = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            counts[name] += 1
+            return jnp.zeros(())
+        return fn
+
+    timings = time_interleaved({k: make(k) for k in counts}, repeats=4, warmup=2,
+                               min_sample_s=0.0)
+    for name, t in timings.items():
+        assert len(t.samples_s) == 4 and t.calls == 1
+        assert counts[name] == 2 + 1 + 4  # warm-up, sizing call, samples
+    with pytest.raises(ValueError, match="repeats must be >= 1, got repeats=0"):
+        time_interleaved({"a": make("a")}, repeats=0)
+
+
+def test_compiled_cost_counts_matmul_flops():
+    a = jnp.ones((32, 48))
+    b = jnp.ones((48, 16))
+    cost = compiled_cost(jax.jit(jnp.matmul).lower(a, b).compile())
+    assert cost["flops"] == pytest.approx(2 * 32 * 48 * 16, rel=0.05)
+    assert cost["argument_size_in_bytes"] == 4 * (32 * 48 + 48 * 16)
+    assert cost["output_size_in_bytes"] == 4 * 32 * 16
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--norm-ops", "--shapes", "12x3"], "--shapes: each shape is NxHxWxC"),
+        (["--repeats", "0"], "--repeats must be > 0, got --repeats=0"),
+        (["--model-kwargs", "{bad"], "--model-kwargs must be a JSON object"),
+        (["--model-kwargs", "[1]"], "--model-kwargs must be a JSON object, got '\\[1\\]'"),
+        (["--dtypes", "int32"], "--dtypes must name float dtypes, got 'int32'"),
+        (["--norms", ","], "--norms must list at least one value"),
+        (["--batch-sizes", "0"], "--batch-sizes must be > 0"),
+        (["--peak-tflops", "-1"], "--peak-tflops must be > 0"),
+    ],
+)
+def test_bad_arguments(argv, match, capsys):
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    with pytest.raises(ValueError, match=match):
+        command.settings(parser.parse_args(argv))
+    assert command.main(argv) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_unknown_norm_is_a_clear_error(capsys):
+    assert command.main(["--quick", "--norm-ops", "--norms", "batch,gruop"]) == 1
+    assert "unknown" in capsys.readouterr().err
+
+
+def test_subcommand_wiring():
+    parser = argparse.ArgumentParser(prog="normlab")
+    command.add_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", "--quick", "--norm-ops", "--groups", "4"])
+    assert args.func is command.run and args.norm_ops and args.groups == 4
+
+
+# ---- the fused GN/LN + PN path: input gradient vs float64 finite differences ----------------
+
+
+ACTS = {"silu": lambda t: t / (1.0 + np.exp(-t)), "relu": lambda t: np.maximum(t, 0.0)}
+
+
+def _ref_gn_pn(x, groups, act, g, b, pb, ps, n=200, eps=0.03, norm_eps=1e-5):
+    """z = (φ(γ·GN(x) + β) − μ̃)/sqrt(σ̃² + ε), proxy over n Gaussian quantiles."""
+    xg = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    axes = (*range(1, x.ndim - 1), x.ndim)
+    mu = xg.mean(axis=axes, keepdims=True)
+    var = ((xg - mu) ** 2).mean(axis=axes, keepdims=True)
+    y = ((xg - mu) / np.sqrt(var + norm_eps)).reshape(x.shape)
+    phi = ACTS[act]
+    u = np.array([NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)])[:, None]
+    a = phi(g * (pb + (1.0 + ps) * u) + b)
+    return (phi(g * y + b) - a.mean(0)) / np.sqrt(a.var(0) + eps)
+
+
+# relu takes the backward's shortcut for positively homogeneous φ, silu the general path
+@pytest.mark.parametrize(
+    ("groups", "shape", "act"),
+    [(1, (2, 3, 2, 4), "relu"), (2, (2, 2, 3, 4), "silu"), (2, (3, 8), "relu")],
+)
+def test_fused_proxy_norm_input_gradient(groups, shape, act):
+    rng = np.random.default_rng(groups)
+    x = rng.normal(0.5, 1.5, shape).astype(np.float32)
+    w = rng.normal(size=shape)  # a random readout: every output feeds the loss
+    c = shape[-1]
+    p = {"scale": rng.uniform(0.5, 1.5, c), "bias": rng.normal(0, 0.5, c),
+         "proxy_bias": rng.normal(0, 0.3, c), "proxy_scale": rng.normal(0, 0.3, c)}
+    module = (LayerNormProxy(activation=act) if groups == 1
+              else GroupNormProxy(num_groups=groups, activation=act))
+    variables = {"params": {"proxy": {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}}}
+    dx = jax.jit(jax.grad(lambda x: jnp.sum(module.apply(variables, x) * w)))(jnp.asarray(x))
+    params = [p[k] for k in ("scale", "bias", "proxy_bias", "proxy_scale")]
+    (expected,) = fd_grads(lambda x: np.sum(_ref_gn_pn(x, groups, act, *params) * w), [x])
+    # float32 sums over a few dozen terms: allow 1e-4 of the gradient's scale
+    np.testing.assert_allclose(np.asarray(dx), expected, rtol=1e-4,
+                               atol=1e-4 * np.max(np.abs(expected)))
+    # the unfused path (taken when diagnostics record "preact") gives the same output
+    z = module.apply(variables, x)
+    z_diag, state = module.apply(variables, x, mutable=["intermediates"])
+    assert "preact" in state["intermediates"]["proxy"]
+    np.testing.assert_allclose(np.asarray(z_diag), np.asarray(z), rtol=1e-5, atol=1e-5)
