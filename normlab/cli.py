@@ -6,6 +6,7 @@
     normlab data prepare mnist --from ../shared/datasets/mnist
     normlab sweep --config configs/mnist_mlp.py:dataset=digits,runlocal --workdir sweeps/bn
     normlab report sweeps/bn
+    normlab bench --norm-ops --quick
 
 Bad input (an unknown component, a malformed override, a missing data set, a NaN) ends with
 one clear `error:` line and a non-zero exit status, never a traceback.
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     from normlab.sweep.command import add_subcommands as add_sweep_subcommands
 
     add_sweep_subcommands(sub)
+
+    from normlab.bench.command import add_subcommand as add_bench_subcommand
+
+    add_bench_subcommand(sub)
     return parser
 
 
