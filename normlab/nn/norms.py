@@ -23,7 +23,7 @@ from jax import lax
 
 from normlab.nn.stats import (
     cross_device_mean,
-    group_moments,
+    group_norm_act,
     mean_square,
     moments,
     normalize,
@@ -222,8 +222,7 @@ class LayerNorm(NormFields):
         check_input("LayerNorm", x)
         check_epsilon("LayerNorm", self.epsilon)
         scale, bias = affine_params(self, x.shape[-1])
-        mean, var = moments(x, tuple(range(1, x.ndim)))
-        return normalize(x, mean, var, scale, bias, self.epsilon, self.dtype or x.dtype)
+        return group_norm_act(x, 1, self.epsilon, scale, bias, dtype=self.dtype or x.dtype)
 
 
 @NORMS.register("instance")
@@ -242,8 +241,9 @@ class InstanceNorm(NormFields):
         check_input("InstanceNorm", x, spatial=True)
         check_epsilon("InstanceNorm", self.epsilon)
         scale, bias = affine_params(self, x.shape[-1])
-        mean, var = moments(x, tuple(range(1, x.ndim - 1)))
-        return normalize(x, mean, var, scale, bias, self.epsilon, self.dtype or x.dtype)
+        return group_norm_act(
+            x, x.shape[-1], self.epsilon, scale, bias, dtype=self.dtype or x.dtype
+        )
 
 
 @NORMS.register("group")
@@ -253,7 +253,8 @@ class GroupNorm(NormFields):
     μ_g, σ²_g: per example and group of C/G consecutive channels over (H, W, C/G). Give exactly
     one of `num_groups` (G) and `group_size` (C/G); C must be divisible. GroupNorm(num_groups=1)
     is LayerNorm, GroupNorm(group_size=1) is InstanceNorm. The statistics come from per-channel
-    moments combined exactly (`normlab.nn.stats.group_moments`), never from a reshape of x.
+    sums combined exactly into groups, never from a reshape of x, and the whole layer is one
+    fused op with a hand-written backward (`normlab.nn.stats.group_norm_act`).
 
         gn = GroupNorm(num_groups=8)
         y = gn.apply(gn.init(jax.random.key(0), x_NHWC), x_NHWC)
@@ -268,8 +269,7 @@ class GroupNorm(NormFields):
         check_epsilon("GroupNorm", self.epsilon)
         groups = resolve_groups("GroupNorm", x.shape[-1], self.num_groups, self.group_size)
         scale, bias = affine_params(self, x.shape[-1])
-        mean, var = group_moments(x, groups)
-        return normalize(x, mean, var, scale, bias, self.epsilon, self.dtype or x.dtype)
+        return group_norm_act(x, groups, self.epsilon, scale, bias, dtype=self.dtype or x.dtype)
 
 
 @NORMS.register("rms")

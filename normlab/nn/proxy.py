@@ -32,8 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from normlab.nn.activations import make_activation
-from normlab.nn.norms import GroupNorm, LayerNorm
+from normlab.nn.norms import check_epsilon, check_input, resolve_groups
+from normlab.nn.stats import group_norm_act
 from normlab.registry import NORMS
+
+# Activations with φ(u) = u·φ'(u), for which the fused backward skips a pass (`group_norm_act`).
+HOMOGENEOUS = frozenset({"relu", "leaky_relu", "identity"})
 
 try:
     from scipy.special import ndtri as _inv_cdf
@@ -66,19 +70,56 @@ def proxy_moments(
 ) -> tuple[jax.Array, jax.Array]:
     """(μ̃_C, σ̃²_C): mean and population variance over i of φ(γ·(β̃ + (1+γ̃)·u_i) + β).
 
+    φ's input is the affine function m + s·u_i of the quantiles, m = γ·β̃ + β, s = γ·(1+γ̃), so
+    the gradients need only Σ_i w_i and Σ_i w_i·u_i of w = ∂L/∂(φ's input): a custom VJP takes
+    them as one (2, n) × (n, C) matrix product, a few passes over the n×C values where autodiff
+    takes some twenty (which cost as much as the norm itself at small batch × spatial sizes).
+    An activation with parameters (a Linen module, e.g. PReLU) is differentiated by autodiff.
+
         mean_C, var_C = proxy_moments(jax.nn.relu, ones, zeros, zeros, zeros,
                                       jnp.asarray(gaussian_quantiles(200), jnp.float32))
         # mean_C ≈ 0.398451, var_C ≈ 0.338035
     """
-    proxy_nC = proxy_bias_C + (1.0 + proxy_scale_C) * u_n[:, None]
-    a_nC = act(scale_C * proxy_nC + bias_C)
+    shift_C = scale_C * proxy_bias_C + bias_C
+    spread_C = scale_C * (1.0 + proxy_scale_C)
+    if isinstance(act, nn.Module):
+        return _affine_act_moments_fwd(act, shift_C, spread_C, u_n)[0]
+    return _affine_act_moments(act, shift_C, spread_C, u_n)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _affine_act_moments(act, shift_C, spread_C, u_n):
+    return _affine_act_moments_fwd(act, shift_C, spread_C, u_n)[0]
+
+
+def _affine_act_moments_fwd(act, shift_C, spread_C, u_n):
+    a_nC = act(shift_C + spread_C * u_n[:, None])
     mean_C = jnp.mean(a_nC, axis=0)
     var_C = jnp.mean(jnp.square(a_nC - mean_C), axis=0)
-    return mean_C, var_C
+    return (mean_C, var_C), (shift_C, spread_C, u_n, mean_C)
+
+
+def _affine_act_moments_bwd(act, residuals, cotangents):
+    # ∂μ̃/∂a_i = 1/n and ∂σ̃²/∂a_i = 2·(a_i − μ̃)/n (the Σ(a − μ̃) = 0 term vanishes).
+    shift_C, spread_C, u_n, mean_C = residuals
+    dmean_C, dvar_C = cotangents
+    a_nC, act_vjp = jax.vjp(act, shift_C + spread_C * u_n[:, None])
+    (w_nC,) = act_vjp((dmean_C + 2.0 * dvar_C * (a_nC - mean_C)) / u_n.shape[0])
+    highest = jax.lax.Precision.HIGHEST
+    dshift_C, dspread_C = jnp.dot(jnp.stack([jnp.ones_like(u_n), u_n]), w_nC, precision=highest)
+    return dshift_C, dspread_C, jnp.dot(w_nC, spread_C, precision=highest)
+
+
+_affine_act_moments.defvjp(_affine_act_moments_fwd, _affine_act_moments_bwd)
 
 
 class ProxyActivation(nn.Module):
     """The PN-activation z = (φ(γ·y + β) − μ̃) / sqrt(σ̃² + ε) on an already-normalized y.
+
+    Called with `norm_groups`, it takes the raw x and computes y = GroupNorm(x) (no affine)
+    itself, in one fused op with the activation (`normlab.nn.stats.group_norm_act`); the
+    composites `layer+proxy` and `group+proxy` call it so. While "intermediates" are recorded
+    (diagnostics read "preact", γ·y + β) it takes the unfused path, which gives the same z.
 
     Per-channel params (last axis), float32: "scale" γ (init 1), "bias" β (init 0),
     "proxy_bias" β̃ (init 0), "proxy_scale" γ̃ (init 0). μ̃, σ̃² are computed from the proxy
@@ -105,7 +146,15 @@ class ProxyActivation(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, y: jax.Array) -> jax.Array:
+    def __call__(
+        self, y: jax.Array, *, norm_groups: int | None = None, norm_epsilon: float = 1e-5
+    ) -> jax.Array:
+        """z from an already-normalized y; with `norm_groups` = G, y is the raw input x.
+
+        With `norm_groups`, y is first normalized by GroupNorm with G groups (1: LayerNorm) and
+        ε = `norm_epsilon`, no affine, fused with the PN-activation into one op
+        (`normlab.nn.stats.group_norm_act`): two passes over x forward, two backward.
+        """
         check_proxy_args("ProxyActivation", self.num_quantiles, self.epsilon)
         act = make_activation(self.activation)
         channels = y.shape[-1]
@@ -122,12 +171,21 @@ class ProxyActivation(nn.Module):
         mean_C, var_C = proxy_moments(act, scale_C, bias_C, proxy_bias_C, proxy_scale_C, u_n)
         self.sow("intermediates", "proxy_mean", mean_C)
         self.sow("intermediates", "proxy_var", var_C)
+        rsqrt_C = jax.lax.rsqrt(var_C + self.epsilon)
+        dtype = self.dtype or y.dtype
+        # An activation with parameters (a Linen module, e.g. PReLU) cannot enter the fused op.
+        fused = norm_groups is not None and not isinstance(act, nn.Module)
+        if fused and not self.is_mutable_collection("intermediates"):
+            return group_norm_act(y, norm_groups, norm_epsilon, scale_C, bias_C, activation=act,
+                                  homogeneous=self.activation in HOMOGENEOUS,
+                                  proxy=(mean_C, rsqrt_C), dtype=dtype)
+        if norm_groups is not None:
+            y = group_norm_act(y, norm_groups, norm_epsilon, dtype=jnp.float32)
         preact = scale_C * y.astype(jnp.float32) + bias_C
         # diagnostics read the input of the nonlinearity as "preact" (see normlab.nn.norm_act)
         self.sow("intermediates", "preact", preact)
-        a = act(preact)
-        z = (a - mean_C) * jax.lax.rsqrt(var_C + self.epsilon)
-        return z.astype(self.dtype or y.dtype)
+        z = (act(preact) - mean_C) * rsqrt_C
+        return z.astype(dtype)
 
 
 def check_proxy_args(layer: str, num_quantiles: int, epsilon: float) -> None:
@@ -149,20 +207,21 @@ class _NormProxy(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
-    def _proxy(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    def _proxy(self, x: jax.Array, num_groups: int) -> jax.Array:
         return ProxyActivation(
             activation=self.activation, num_quantiles=self.num_quantiles, epsilon=self.epsilon,
             scale_init=self.scale_init, dtype=self.dtype or x.dtype, param_dtype=self.param_dtype,
             name="proxy",
-        )(y)
+        )(x, norm_groups=num_groups, norm_epsilon=self.norm_epsilon)
 
 
 @NORMS.register("layer+proxy")
 class LayerNormProxy(_NormProxy):
     """LN + PN: z = PN-act(y), y = (x − μ)/sqrt(σ² + ε_norm) per example over (H, W, C).
 
-    y comes from `LayerNorm(use_scale=False, use_bias=False, epsilon=norm_epsilon)` in float32;
-    the affine, φ and the proxy normalization are `ProxyActivation` (params under "proxy").
+    y is `LayerNorm(use_scale=False, use_bias=False, epsilon=norm_epsilon)` of x in float32;
+    the affine, φ and the proxy normalization are `ProxyActivation` (params under "proxy"),
+    which computes y itself, fused with them into one op.
     The activation is part of this layer: apply no other after it. `train` changes nothing.
 
         pn = LayerNormProxy(activation="relu")
@@ -172,9 +231,9 @@ class LayerNormProxy(_NormProxy):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_proxy_args("LayerNormProxy", self.num_quantiles, self.epsilon)
-        y = LayerNorm(epsilon=self.norm_epsilon, use_scale=False, use_bias=False,
-                      dtype=jnp.float32, name="norm")(x, train=train)
-        return self._proxy(x, y)
+        check_input("LayerNorm", x)
+        check_epsilon("LayerNorm", self.norm_epsilon)
+        return self._proxy(x, 1)
 
 
 @NORMS.register("group+proxy")
@@ -182,9 +241,10 @@ class GroupNormProxy(_NormProxy):
     """GN + PN: z = PN-act(y), y = (x − μ_g)/sqrt(σ²_g + ε_norm) per example and group.
 
     Give exactly one of `num_groups` and `group_size` (as for `GroupNorm`). y comes from
-    `GroupNorm(use_scale=False, use_bias=False, epsilon=norm_epsilon)` in float32; the affine,
-    φ and the proxy normalization are `ProxyActivation` (params under "proxy"). The activation is
-    part of this layer: apply no other after it. `train` changes nothing.
+    `GroupNorm(use_scale=False, use_bias=False, epsilon=norm_epsilon)` of x in float32; the
+    affine, φ and the proxy normalization are `ProxyActivation` (params under "proxy"), which
+    computes y itself, fused with them into one op. The activation is part of this layer: apply
+    no other after it. `train` changes nothing.
 
         pn = GroupNormProxy(num_groups=8, activation="silu")
         z = pn.apply(pn.init(jax.random.key(0), x_NHWC), x_NHWC)
@@ -196,10 +256,10 @@ class GroupNormProxy(_NormProxy):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_proxy_args("GroupNormProxy", self.num_quantiles, self.epsilon)
-        y = GroupNorm(num_groups=self.num_groups, group_size=self.group_size,
-                      epsilon=self.norm_epsilon, use_scale=False, use_bias=False,
-                      dtype=jnp.float32, name="norm")(x, train=train)
-        return self._proxy(x, y)
+        check_input("GroupNorm", x)
+        check_epsilon("GroupNorm", self.norm_epsilon)
+        groups = resolve_groups("GroupNorm", x.shape[-1], self.num_groups, self.group_size)
+        return self._proxy(x, groups)
 
 
 _PROXY_PARAMS = ("proxy_bias", "proxy_scale")
