@@ -22,7 +22,7 @@ import numpy as np
 from normlab.config import load_config
 from normlab.data.datasets import load_arrays
 from normlab.registry import MODELS
-from normlab.reports import Report, RunResult, new_figure, plot_curves, run_training
+from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
 from normlab.reports import steps_to_reach as reach
 from normlab.reports.experiment import parse_experiment_args
 from normlab.train.diagnostics import collect_preacts
@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "training": f"{config.dataset}, standardized inputs, batch {config.batch_size}, SGD "
                     f"momentum 0.9, lr {config.lr:g}, {config.total_steps} steps, seed 0",
         "config": CONFIG,
+        "training runs": describe_runs([*main_runs.values(), *depth_runs.values()]),
     })
     report.text(
         "**Claim** (SPEC §3 E2, He et al. 2015): in a 30-layer plain ReLU net, Kaiming init "
@@ -156,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         plot_curves(axes[0], {f"{init}, depth {d}": r.series("train_loss")
                               for (init, d), r in depth_runs.items()},
                     xlabel="step", ylabel="train loss", logy=True)
-        report.figure(fig, "depth_sweep.png", "Plain nets of other depths (same width, lr)")
+        report.figure(fig, "depth_sweep.png", "Plain nets of other depths (same width, lr); "
+                      "curves stuck at the chance loss ln 10 overlap")
         summary["depth_sweep"] = {f"{i}_{d}": plateau_exit(r) for (i, d), r in
                                   depth_runs.items()}
     report.heading("Result")

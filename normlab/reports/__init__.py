@@ -13,16 +13,18 @@ Every experiment under `experiments/` writes its results with this package:
 - `normlab.reports.markdown`: `Report`, `markdown_table`, `fmt`.
 - `normlab.reports.plots`: matplotlib (Agg, no pyplot state) figures, curves and saving.
 - `normlab.reports.runs`: train a config through `normlab.train.loop.train` (or reuse a
-  finished run) and read its metrics as series; `steps_to_reach`.
+  finished run) and read its metrics as series; `steps_to_reach`; `describe_runs` (provenance
+  of the runs behind a report).
 """
 
 from normlab.reports.markdown import Report, fmt, markdown_table
 from normlab.reports.plots import new_figure, plot_curves, save_figure
-from normlab.reports.runs import RunResult, run_training, series, steps_to_reach
+from normlab.reports.runs import RunResult, describe_runs, run_training, series, steps_to_reach
 
 __all__ = [
     "Report",
     "RunResult",
+    "describe_runs",
     "fmt",
     "markdown_table",
     "new_figure",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,3 +135,23 @@ def run_training(
         (workdir / DIVERGED).write_text(json.dumps({"message": str(err)}) + "\n")
         return RunResult(name, workdir, _records(workdir), {}, str(err))
     return RunResult(name, workdir, _records(workdir), summary)
+
+
+def describe_runs(runs: Iterable[RunResult]) -> str:
+    """One line of provenance for a report's training runs: how many, how many were reused
+    from an earlier session (`reuse=True`), their summed training wall time, and the git
+    revisions they were trained at (from each run's summary.json).
+
+        report.facts["training runs"] = describe_runs(results.values())
+    """
+    runs = list(runs)
+    seconds = sum(r.seconds or 0.0 for r in runs)
+    minutes, secs = divmod(round(seconds), 60)
+    revisions = sorted({r.summary["git_revision"] for r in runs if r.summary.get("git_revision")})
+    diverged = sum(r.diverged is not None for r in runs)
+    return (
+        f"{len(runs)} runs ({sum(r.reused for r in runs)} reused from an earlier session"
+        + (f", {diverged} diverged" if diverged else "")
+        + f"); training wall time {minutes} min {secs} s summed over the finished runs"
+        + (f"; trained at {', '.join(revisions)}" if revisions else "")
+    )
