@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     from normlab.bench.command import add_subcommand as add_bench_subcommand
 
     add_bench_subcommand(sub)
+
+    from normlab.train.ensemble_eval import add_subcommand as add_ensemble_subcommand
+
+    add_ensemble_subcommand(sub)
     return parser
 
 

@@ -145,3 +145,16 @@ def test_run_training_refuses_to_delete_a_foreign_folder(tmp_path):
     with pytest.raises(ValueError, match="is not empty and holds no normlab run"):
         run_training(_digits_config(), tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_reuse_reads_fields_added_later_at_their_default():
+    """A run saved before a top-level config field existed is the run that field's default
+    computes; a run saved with a non-default value of it is a different run."""
+    from normlab.reports.runs import _comparable
+    from normlab.train.defaults import base_config
+
+    now = base_config().to_dict()
+    older = {k: v for k, v in now.items() if k != "label_smoothing"}
+    assert _comparable(older) == _comparable(now)
+    changed = dict(now, label_smoothing=0.1)
+    assert _comparable(changed) != _comparable(now)

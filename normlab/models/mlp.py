@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 
 from normlab.models import HEAD, build_initializer, layer_name
-from normlab.nn.dropout import Dropout
+from normlab.nn.dropout import DropConnectDense, Dropout
 from normlab.nn.norm_act import NormAct
 from normlab.parallel.logical import channel_params, constrain, partitioned
 from normlab.parallel.pipeline import Layer, Repeated, Segment
@@ -40,7 +40,10 @@ class DenseNormAct(nn.Module):
       axes: logical axis names (input, output) of W for tensor parallelism
         (`normlab.parallel.logical`); b, the norm's and the activation's per-channel params
         and the output activations run along the output axis.
-      dropout_rate: inverted dropout after the activation (0: none).
+      dropout_rate: dropout after the activation (0: none).
+      dropout_mode: "inverted" (scale by 1/q at train time) or "classic" (scale by q at test
+        time), `normlab.nn.dropout.Dropout`.
+      dropconnect_rate: DropConnect on W (`DropConnectDense`, one mask per step; 0: none).
 
         layer = DenseNormAct(features=100, norm="batch", activation="sigmoid",
                              kernel_init=nn.initializers.lecun_normal())
@@ -57,18 +60,24 @@ class DenseNormAct(nn.Module):
     dtype: Any = None
     axes: Axes = (None, None)
     dropout_rate: float = 0.0
+    dropout_mode: str = "inverted"
+    dropconnect_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         out_axis = self.axes[1]
-        y = nn.Dense(
-            self.features,
+        dense_kwargs = dict(
             use_bias=self.use_bias,
             kernel_init=partitioned(self.kernel_init, self.axes),
             bias_init=partitioned(nn.initializers.zeros, (out_axis,)),
             dtype=self.dtype,
             name="dense",
-        )(x)
+        )
+        if self.dropconnect_rate > 0:
+            y = DropConnectDense(self.features, rate=self.dropconnect_rate, **dense_kwargs)(
+                x, train=train)
+        else:
+            y = nn.Dense(self.features, **dense_kwargs)(x)
         y = constrain(y, ("batch", out_axis))
         y = channel_params(NormAct, out_axis)(
             norm=self.norm,
@@ -78,7 +87,7 @@ class DenseNormAct(nn.Module):
             name="norm_act",
         )(y, train=train)
         if self.dropout_rate > 0:
-            y = Dropout(rate=self.dropout_rate)(y, train=train)
+            y = Dropout(rate=self.dropout_rate, mode=self.dropout_mode)(y, train=train)
         return y
 
 
@@ -101,7 +110,9 @@ class MLP(nn.Module):
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options for every Dense kernel,
         the head's included (biases start at 0).
       use_bias: bias in the hidden Dense layers.
-      dropout_rate: inverted dropout after each hidden activation (0: none).
+      dropout_rate: dropout after each hidden activation (0: none).
+      dropout_mode: "inverted" or "classic" (`normlab.nn.dropout.Dropout`).
+      dropconnect_rate: DropConnect on every hidden layer's W (`DropConnectDense`; 0: none).
       dtype: computation dtype of the Dense layers.
 
     Layers are named layer_00, layer_01, ... (`normlab.models.layer_name`), the head "head".
@@ -129,6 +140,8 @@ class MLP(nn.Module):
     kernel_init_kwargs: Mapping[str, Any] | None = None
     use_bias: bool = True
     dropout_rate: float = 0.0
+    dropout_mode: str = "inverted"
+    dropconnect_rate: float = 0.0
     dtype: Any = None
 
     def _hidden_widths(self) -> tuple[int, ...]:
@@ -161,7 +174,7 @@ class MLP(nn.Module):
             )
             in_axis = out_axis
             if self.dropout_rate > 0:
-                h = Dropout(rate=self.dropout_rate)(h, train=train)
+                h = Dropout(rate=self.dropout_rate, mode=self.dropout_mode)(h, train=train)
         return self._head(in_axis, name=HEAD)(h)
 
     def _hidden(self, features: int, axes: Axes, dropout_rate: float = 0.0, **kw) -> nn.Module:
@@ -176,6 +189,8 @@ class MLP(nn.Module):
             dtype=self.dtype,
             axes=axes,
             dropout_rate=dropout_rate,
+            dropout_mode=self.dropout_mode,
+            dropconnect_rate=self.dropconnect_rate,
             **kw,
         )
 

@@ -469,7 +469,7 @@ class ResNet(nn.Module):
         return segments
 
 
-for _depth in (20, 32, 56, 110):
+for _depth in (8, 20, 32, 56, 110):
     _n = (_depth - 2) // 6
     MODELS.register(f"resnet{_depth}")(preset(
         ResNet, f"CIFAR ResNet-{_depth} (He et al. 2016a): 3 stages of {_n} basic blocks at "

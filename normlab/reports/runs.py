@@ -22,6 +22,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from normlab.errors import NonFiniteLossError
+from normlab.train.defaults import base_config
 from normlab.train.loop import train
 from normlab.train.metrics import read_metrics
 
@@ -83,9 +84,12 @@ def _records(workdir: Path) -> list[dict[str, Any]]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # The device mesh is left out: parallel layouts compute the same run (to float
-    # tolerance), so a run made on one device is reused on a machine with eight.
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "mesh"}
+    # A top-level field added to `base_config` after a run was made is read at its default:
+    # the run is what that default computes. The device mesh is left out: parallel layouts
+    # compute the same run (to float tolerance), so a run made on one device is reused on a
+    # machine with eight.
+    full = {**base_config().to_dict(), **config}
+    return {k: v for k, v in json.loads(json.dumps(full)).items() if k != "mesh"}
 
 
 def _finished_run(config: ConfigDict, workdir: Path) -> tuple[dict, str | None] | None:

@@ -25,10 +25,16 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Saves and restores `(state, preprocessing arrays, metadata)` under `workdir/checkpoints`."""
+    """Saves and restores `(state, preprocessing arrays, metadata)` under `workdir/<folder>`.
 
-    def __init__(self, workdir: str | Path, *, max_to_keep: int = 3):
-        self.directory = Path(workdir).resolve() / "checkpoints"
+    `folder="checkpoints"` holds the resumable checkpoints (the newest `max_to_keep`);
+    `folder="snapshots"` with `max_to_keep=None` holds a snapshot ensemble's members (all kept).
+    """
+
+    def __init__(
+        self, workdir: str | Path, *, max_to_keep: int | None = 3, folder: str = "checkpoints"
+    ):
+        self.directory = Path(workdir).resolve() / folder
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -63,22 +69,7 @@ class Checkpointer:
         unreadable: list[int] = []
         for step in reversed(self.steps()):
             try:
-                head = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        preprocess=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
-                    ),
-                )
-                preprocess = {
-                    k: np.asarray(v) for k, v in head["preprocess"].items() if k != "empty"
-                }
-                meta = dict(head["meta"])
-                body = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(make_abstract_state(preprocess, meta))
-                    ),
-                )
+                restored = self.restore(step, make_abstract_state)
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: try an older one
                 log.warning(
                     "checkpoint at step %d is unreadable (%s); trying an older one",
@@ -89,7 +80,7 @@ class Checkpointer:
                 continue
             for bad in unreadable:
                 log.warning("moved the unreadable checkpoint %d to %s", bad, self._move_aside(bad))
-            return body["state"], preprocess, meta
+            return restored
         if unreadable:
             # None fits: more likely a changed config than corruption, so touch nothing.
             raise NormlabError(
@@ -98,6 +89,27 @@ class Checkpointer:
                 "move the old checkpoints away: nothing was overwritten."
             )
         return None
+
+    def restore(
+        self, step: int, make_abstract_state: Callable[[dict[str, np.ndarray], dict], Any]
+    ) -> tuple[Any, dict[str, np.ndarray], dict]:
+        """The checkpoint at `step` as (state, preprocess arrays, meta) (see `restore_latest`);
+        orbax's error if it is missing or does not fit."""
+        head = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                preprocess=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+            ),
+        )
+        preprocess = {k: np.asarray(v) for k, v in head["preprocess"].items() if k != "empty"}
+        meta = dict(head["meta"])
+        body = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(make_abstract_state(preprocess, meta))
+            ),
+        )
+        return body["state"], preprocess, meta
 
     def _move_aside(self, step: int) -> Path:
         """Moves an unreadable checkpoint out of the way (kept for inspection, never deleted),

@@ -3,6 +3,17 @@
 Durations: exactly one of `total_steps` / `total_epochs` is non-zero (resolved in
 `validate.resolve_total_steps`). Intervals (`*_every_steps`) are 0 for "off" and must be
 multiples of `steps_per_call`, the number of steps run per jitted call.
+
+Transfer learning (`init_from`, SPEC §1.9): with `init_from.workdir` set, a new run starts from
+that finished run's newest checkpoint: every param and batch statistic except the top-level
+params entry `init_from.head` (freshly initialized for this run's number of classes). The new
+run fits its own preprocessing on its own data. `freeze_backbone=True` trains only the head:
+the optimizer's updates outside it are zero and the step runs the model in inference mode, so
+the backbone's BN statistics stay as trained and dropout is off. A run that has checkpoints of
+its own resumes from them; `init_from` only decides how a run starts.
+
+Snapshot ensembles: `schedule.name = "snapshot"` (cyclic cosine, `num_snapshots` cycles) also
+saves the state at the end of every cycle under workdir/snapshots/<step> (all kept).
 """
 
 from __future__ import annotations
@@ -45,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
         {"l2": 0.0, "l1": 0.0, "decoupled": 0.0, "proxy": 0.0}
     )
     c.label_smoothing = 0.0
+    # transfer learning: start from another run's backbone (see the module docstring)
+    c.init_from = ml_collections.ConfigDict(
+        {"workdir": "", "head": "head", "freeze_backbone": False}
+    )
     # devices (normlab.parallel.plan): one mesh size may be -1 (the remaining devices)
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})
     c.parallel_mode = "jit"  # or "pmap": the legacy data-parallel step, for comparison

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
 from normlab.data.datasets import load_arrays
-from normlab.parallel.mesh import build_mesh, replicated
 from normlab.train import inputs
-from normlab.train.checkpoint import Checkpointer
-from normlab.train.loop import build_model, build_tx, make_evaluator
-from normlab.train.state import init_state
+from normlab.train.loop import make_evaluator
+from normlab.train.saved import load_saved
 
 
 def evaluate_workdir(
@@ -22,34 +18,12 @@ def evaluate_workdir(
 ) -> dict[str, dict[str, float]]:
     """{prefix or split: {"loss", "accuracy"}} for the newest readable checkpoint."""
     workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
+    if not (workdir / "config.json").exists():
         raise ValueError(f"{workdir} has no config.json: is it a normlab workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    model = build_model(config, inputs.num_classes(config))
-    # The optimizer only shapes the restored tree; the run length does not matter here.
-    tx, _ = build_tx(config, total_steps=10**9)
-    # checkpoints hold the model's own layout: evaluate on whatever devices this machine has
-    mesh = build_mesh({"data": -1})
-    preprocessor = None
-
-    def target(pre_arrays, meta):
-        nonlocal preprocessor
-        preprocessor = inputs.join_state(pre_arrays, meta["preprocess"])
-        shape = (1, *meta["input_shape"])
-        shapes = jax.eval_shape(
-            lambda: init_state(model, tx, jax.random.PRNGKey(0), np.zeros(shape, np.float32))
-        )
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes
-        )
-
-    restored = Checkpointer(workdir).restore_latest(target)
-    if restored is None:
-        raise ValueError(f"{workdir} has no readable checkpoint")
-    state = restored[0]
+    saved = load_saved(workdir)
+    config = saved.config
     named = {s: s for s in splits} if splits else dict(config.evals)
-    evaluate = make_evaluator(model)
+    evaluate = make_evaluator(saved.model)
     results = {}
     for prefix, split in named.items():
         images, labels = load_arrays(
@@ -58,9 +32,9 @@ def evaluate_workdir(
             data_dir=config.data_dir or None,
             tfds_dir=config.tfds_dir or None,
         )
-        x = inputs.transform(preprocessor, inputs.to_float(images, config.pad_to))
+        x = inputs.transform(saved.preprocessor, inputs.to_float(images, config.pad_to))
         results[prefix] = evaluate(
-            state,
+            saved.state,
             jax.numpy.asarray(x),
             jax.numpy.asarray(labels, np.int32),
             config.eval_batch_size,

@@ -2,9 +2,12 @@
 
 The order matters and is the order of the sections below: validate (so a typo never costs a
 compile), load data, restore or fit the preprocessing (its fitted shapes decide the model's input
-shape), build the model and optimizer, restore or initialize the state, then loop. The loop runs
-chunks of `steps_per_call` steps per jitted call on device-resident data, and between chunks
-logs, evaluates, writes diagnostics and checkpoints.
+shape), build the model and optimizer, restore or initialize the state (a run without
+checkpoints of its own and with `init_from.workdir` set starts from that run's backbone:
+`normlab.train.init_from`), then loop. The loop runs chunks of `steps_per_call` steps per jitted
+call on device-resident data, and between chunks logs, evaluates, writes diagnostics and
+checkpoints, and, with the "snapshot" schedule, saves each cycle's final state under
+workdir/snapshots/<step> (never deleted: the members of a snapshot ensemble).
 
 Faults: a non-finite loss raises `NonFiniteLossError` without saving (the last good checkpoint
 stays); SIGINT (Ctrl-C) finishes the current chunk, saves and returns; a killed run restarts from
@@ -36,39 +39,21 @@ from ml_collections import ConfigDict
 
 from normlab.data.loader import EpochSampler
 from normlab.errors import NonFiniteLossError
-from normlab.nn.penalties import default_decay_mask
 from normlab.parallel.mesh import replicated
 from normlab.parallel.plan import ParallelPlan
-from normlab.registry import MODELS
 from normlab.train import inputs
+from normlab.train.build import build_model, build_tx, frozen_backbone
 from normlab.train.checkpoint import Checkpointer
 from normlab.train.diagnostics import collect_preacts, layer_diagnostics
+from normlab.train.init_from import load_source, transfer_state
 from normlab.train.metrics import MetricWriter, Progress
-from normlab.train.optim import build_optimizer
+from normlab.train.optim import snapshot_steps
 from normlab.train.run_info import run_info
-from normlab.train.state import TrainState
+from normlab.train.state import TrainState, init_state
 from normlab.train.step import StepConfig, eval_step
-from normlab.train.validate import model_kwargs, resolve_total_steps, validate
+from normlab.train.validate import resolve_total_steps, validate
 
 log = logging.getLogger(__name__)
-
-
-def build_model(config: ConfigDict, num_classes: int):
-    """The config's model, constructed from its registry name with checked arguments."""
-    return MODELS.build(config.model.name, num_classes=num_classes, **model_kwargs(config))
-
-
-def build_tx(config: ConfigDict, total_steps: int):
-    """The config's optimizer chain and learning-rate function for a run of `total_steps`."""
-    return build_optimizer(
-        optimizer=config.optimizer.to_dict(),
-        schedule=config.schedule.to_dict(),
-        base_lr=config.lr,
-        total_steps=total_steps,
-        clip=config.clip.to_dict(),
-        decoupled_weight_decay=config.weight_decay.decoupled,
-        decay_mask=default_decay_mask,
-    )
 
 
 def make_evaluator(model):
@@ -154,6 +139,7 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     num_classes = inputs.num_classes(config)
     train_x = inputs.to_float(train_split.images, config.pad_to)
     total_steps = resolve_total_steps(config, len(train_x))
+    snapshots_at = _snapshot_steps(config, total_steps)
     sampler = EpochSampler(len(train_x), config.batch_size, config.seed)
 
     # ---------------------------------------------------------------- model and optimizer
@@ -164,6 +150,9 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
 
     # ---------------------------------------------------------------- state: restore or init
     checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    snapshotter = (
+        Checkpointer(workdir, max_to_keep=None, folder="snapshots") if snapshots_at else None
+    )
     preprocessor = None
 
     def restore_target(pre_arrays, meta):
@@ -180,7 +169,13 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     else:
         preprocessor = inputs.fit_preprocessor(config, train_x)
         example = np.asarray(preprocessor(train_x[:1]))
-        state = plan.init_state(model, run_model, tx, rng, example)
+        if config.init_from.workdir:
+            source = load_source(config.init_from)
+            fresh = jax.jit(lambda: init_state(model, tx, rng, example))()
+            fresh = transfer_state(fresh, source, config.init_from.head, tx)
+            state = plan.place(fresh, model, run_model, example)
+        else:
+            state = plan.init_state(model, run_model, tx, rng, example)
         start_step = 0
     pre_arrays, pre_rest = inputs.split_state(preprocessor)
 
@@ -211,6 +206,7 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
         l1=config.weight_decay.l1,
         proxy_decay=config.weight_decay.proxy,
         augment={name: dict(kw) for name, kw in config.augment.items()},
+        train_mode=not frozen_backbone(config),
     )
     chunk_fn = plan.chunk_fn(step_cfg, run_model, state, from_batches=per_process)
 
@@ -229,15 +225,17 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     def due(every: int) -> bool:
         return bool(every) and step % every == 0
 
-    def save(canonical: TrainState) -> None:
-        nonlocal last_saved
-        meta = {
+    def meta() -> dict[str, Any]:
+        return {
             "preprocess": pre_rest,
             "data_position": step,
             "input_shape": list(train_xh.shape[1:]),
             "config": config.to_dict(),
         }
-        checkpointer.save(step, canonical, pre_arrays, meta)
+
+    def save(canonical: TrainState) -> None:
+        nonlocal last_saved
+        checkpointer.save(step, canonical, pre_arrays, meta())
         last_saved = step
 
     with _StopRequest() as stop:
@@ -254,6 +252,8 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
             if not np.all(np.isfinite(losses)):
                 bad = step + int(np.argmin(np.isfinite(losses))) + 1
                 checkpointer.wait()
+                if snapshotter is not None:
+                    snapshotter.wait()
                 raise NonFiniteLossError(
                     f"non-finite training loss ({losses[np.argmin(np.isfinite(losses))]}) at step "
                     f"{bad}; stopped. The last good checkpoint "
@@ -268,7 +268,8 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
             stopping = stop.requested  # read once: SIGINT may arrive at any moment
             wanted = (config.eval_every_steps, config.diag_every_steps,
                       config.checkpoint_every_steps)
-            if step == total_steps or stopping or any(due(every) for every in wanted):
+            snapshot = step in snapshots_at
+            if step == total_steps or stopping or snapshot or any(due(e) for e in wanted):
                 canonical = plan.to_canonical(state, run_model)  # the model's own layout
             bar.update(step, f"loss {float(losses[-1]):.4f}")
 
@@ -294,6 +295,8 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
             if record:
                 writer.write(step, record)
                 history.append({"step": step, **record})
+            if snapshot and step not in snapshotter.steps():  # a resumed run may have it
+                snapshotter.save(step, canonical, pre_arrays, meta())
             if due(config.checkpoint_every_steps) or step == total_steps:
                 save(canonical)
             if stopping:
@@ -304,11 +307,26 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
 
     bar.close()
     checkpointer.close()
+    if snapshotter is not None:
+        snapshotter.close()
     writer.close()
     summary = _summary(history, config, total_steps, step, time.time() - t_start)
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _snapshot_steps(config: ConfigDict, total_steps: int) -> set[int]:
+    """Steps to save snapshot-ensemble members at; each must end a chunk of steps."""
+    steps = snapshot_steps(config.schedule.to_dict(), total_steps)
+    misaligned = [s for s in steps if s % config.steps_per_call and s != total_steps]
+    if misaligned:
+        raise ValueError(
+            f"schedule.num_snapshots={len(steps)} puts snapshots at steps {steps}, but "
+            f"{misaligned} are not multiples of steps_per_call={config.steps_per_call}; choose "
+            "total_steps, num_snapshots and steps_per_call so that every cycle ends a chunk"
+        )
+    return set(steps)
 
 
 def _summary(history, config, total_steps, step, seconds) -> dict[str, Any]:

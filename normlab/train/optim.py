@@ -11,7 +11,9 @@ optimizer can be combined with any schedule, clipping and decoupled decay:
 
 Schedules (t = step after warm-up, T = total steps after warm-up, η = base_lr):
   constant η · step η·factor^⌊t/every⌋ · exponential η·rate^(t/every) · inverse_time η/(1+k·t)
-  · cosine η·(α + (1−α)·½(1+cos(πt/T))). `warmup_steps` > 0 prepends a linear ramp from 0 to η.
+  · cosine η·(α + (1−α)·½(1+cos(πt/T))) · snapshot (alias cyclic_cosine)
+  η/2·(cos(π·mod(t, c)/c) + 1) with c = ⌈T/M⌉ for M = num_snapshots cycles. `warmup_steps` > 0
+  prepends a linear ramp from 0 to η.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from normlab.models.ensemble import snapshot_schedule
 from normlab.registry import OPTIMIZERS, SCHEDULES
 
 Schedule = Callable[[Any], Any]
+DEFAULT_SNAPSHOTS = 5
 
 
 @SCHEDULES.register("constant")
@@ -75,6 +79,30 @@ def cosine(base_lr: float, total_steps: int, alpha: float = 0.0) -> Schedule:
         base_lr
         * (alpha + (1 - alpha) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, total) / total)))
     )
+
+
+@SCHEDULES.register("snapshot", "cyclic_cosine")
+def snapshot(
+    base_lr: float, total_steps: int, num_snapshots: int = DEFAULT_SNAPSHOTS
+) -> Schedule:
+    """Cyclic cosine of snapshot ensembles (Huang et al. 2017, eq. 2), M = num_snapshots cycles
+    of c = ⌈T/M⌉ steps: η/2·(cos(π·mod(t, c)/c) + 1). The training loop saves the model at the
+    end of every cycle (`snapshot_steps`) under workdir/snapshots/<step>."""
+    return snapshot_schedule(total_steps, num_snapshots, base_lr)[0]
+
+
+def snapshot_steps(schedule: Mapping[str, Any], total_steps: int) -> list[int]:
+    """The steps whose models are snapshot-ensemble members: the end of every cycle of a
+    "snapshot" schedule (shifted by its warm-up), [] for any other schedule.
+
+        snapshot_steps({"name": "snapshot", "num_snapshots": 3}, 300)    # [100, 200, 300]
+    """
+    if SCHEDULES.get(schedule["name"]) is not snapshot:
+        return []
+    warmup = schedule.get("warmup_steps", 0)
+    num = schedule.get("num_snapshots", DEFAULT_SNAPSHOTS)
+    _, steps = snapshot_schedule(total_steps - warmup, num, 1.0)
+    return [warmup + s for s in steps]
 
 
 def build_schedule(

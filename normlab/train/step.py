@@ -31,7 +31,13 @@ from normlab.train.state import TrainState
 
 @dataclass(frozen=True)
 class StepConfig:
-    """What a step needs besides the state: the model, optimizer and loss terms."""
+    """What a step needs besides the state: the model, optimizer and loss terms.
+
+    `train_mode=False` runs the forward pass of the step in inference mode (`train=False`:
+    running BN statistics, no dropout) and keeps `batch_stats` as they are: a frozen backbone
+    (`init_from.freeze_backbone`) is then exactly the fixed function it was at the end of its
+    own training, in training as in evaluation.
+    """
 
     model: nn.Module
     tx: optax.GradientTransformation
@@ -44,6 +50,7 @@ class StepConfig:
     augment: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     batch_sharding: jax.sharding.Sharding | None = None
     axis_name: str | None = None
+    train_mode: bool = True
 
 
 def augment_batch(
@@ -90,11 +97,15 @@ def train_step(
 
     def loss_fn(params):
         variables = {**state.variables(), "params": params}
-        logits, updated = cfg.model.apply(
-            variables, x, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
-        )
+        if cfg.train_mode:
+            logits, updated = cfg.model.apply(
+                variables, x, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
+            )
+            new_stats = updated.get("batch_stats", {})
+        else:
+            logits, new_stats = cfg.model.apply(variables, x, train=False), state.batch_stats
         terms = _loss_terms(cfg, params, logits, targets)
-        return sum(terms.values()), (logits, updated.get("batch_stats", {}), terms)
+        return sum(terms.values()), (logits, new_stats, terms)
 
     (loss, (logits, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params

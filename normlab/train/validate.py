@@ -78,6 +78,24 @@ def validate(config: ConfigDict) -> None:
         )
     check_scope(config.bn_scope)
     parse_rules(config.sharding_rules)
+    _validate_init_from(config.init_from)
+
+
+def _validate_init_from(spec: ConfigDict) -> None:
+    # the source run itself is opened (and checked) only when a run starts without checkpoints
+    if not isinstance(spec.workdir, str):
+        raise ValueError(f"init_from.workdir must be a path string, got {spec.workdir!r}")
+    if not isinstance(spec.head, str) or not spec.head:
+        raise ValueError(f"init_from.head must name the head's params entry, got {spec.head!r}")
+    if not isinstance(spec.freeze_backbone, bool):
+        raise ValueError(
+            f"init_from.freeze_backbone must be True or False, got {spec.freeze_backbone!r}"
+        )
+    if spec.freeze_backbone and not spec.workdir:
+        raise ValueError(
+            "init_from.freeze_backbone=True needs init_from.workdir (the run whose backbone "
+            "to freeze)"
+        )
 
 
 def resolve_total_steps(config: ConfigDict, num_train_examples: int) -> int:

@@ -1,0 +1,346 @@
+"""E9: input preprocessing — speed of convergence and sensitivity to a weight perturbation
+(SPEC §3 E9).
+
+A linear softmax classifier on 10,000 CIFAR-10 training images (configs/e9_preprocessing.py:
+3,072 raw pixels in [0, 1], plain SGD, batch 128, 3,000 steps) with each preprocessing: none,
+zero_center (mean image), standardize (mean and std image), pca_whiten and zca_whiten (ε = 1e-2).
+Each preprocessing tolerates a different learning rate, so each gets its own, found by a
+search on the half-decade grid `LR_GRID`: start at `LR_START`, step up while the final training
+loss (all 10,000 training images, measured after the last step) improves, and, if the first
+step up did not improve it, step down instead while it improves. Reported at each
+preprocessing's best rate: the training loss curve, the steps to reach training losses of
+`THRESHOLDS`, and the validation / test accuracy.
+
+Sensitivity: the change of the training loss (on `LOSS_IMAGES` training images) when the
+first (here: the only) layer's weight matrix W is perturbed by δ = ε·‖W‖_F·U/‖U‖_F, U a
+standard Gaussian matrix, averaged over `DIRECTIONS` random directions, for ε in `EPSILONS`,
+at initialization and after training.
+
+    python experiments/e9_preprocessing/run.py            # 21 runs, ~21 min (loaded CPU)
+    python experiments/e9_preprocessing/run.py --reuse    # rewrite the report from the runs
+    python experiments/e9_preprocessing/run.py --tiny --out /tmp/e9     # digits, seconds
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from ml_collections import ConfigDict
+
+from normlab.config import load_config
+from normlab.data.datasets import load_arrays
+from normlab.parallel.mesh import build_mesh, replicated
+from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
+from normlab.reports import steps_to_reach as reach
+from normlab.reports.experiment import parse_experiment_args
+from normlab.train import inputs
+from normlab.train.checkpoint import Checkpointer
+from normlab.train.loop import build_model, build_tx
+from normlab.train.state import init_state
+
+CONFIG = "configs/e9_preprocessing.py"
+PREPS = ("none", "zero_center", "standardize", "pca_whiten", "zca_whiten")
+TINY_PREPS = ("none", "zero_center", "zca_whiten")
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+LR_START = 0.1
+TINY_GRID = (0.1,)
+THRESHOLDS = (2.0, 1.8, 1.6, 1.4)
+EPSILONS = (1e-4, 1e-3, 1e-2, 1e-1)
+MAIN_EPSILON = 1e-3
+DIRECTIONS = 32
+LOSS_IMAGES = 2000
+WHEN = {"init": "W at initialization", "trained": "trained W"}
+FIRST_LAYER = ("head", "kernel")  # the linear classifier's only weight matrix
+
+
+def _final(run: RunResult, key: str) -> float | None:
+    value = None if run.diverged else run.final(key)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def search_lr(train_at: Callable[[float], RunResult], grid: Sequence[float],
+              start: float) -> tuple[dict[float, RunResult], float]:
+    """The runs tried and the best lr of a unimodal search on `grid` (see the module doc)."""
+    runs: dict[float, RunResult] = {}
+
+    def score(i: int) -> float:
+        lr = grid[i]
+        if lr not in runs:
+            runs[lr] = train_at(lr)
+        loss = _final(runs[lr], "fit_loss")
+        return math.inf if loss is None else loss
+
+    first = best = grid.index(start)
+    score(first)
+    for step in (1, -1):
+        i = first + step
+        while 0 <= i < len(grid) and score(i) < score(best):
+            best, i = i, i + step
+        if best != first:
+            break
+    return runs, grid[best]
+
+
+def restore(workdir: Path) -> tuple[ConfigDict, Any, dict, Any]:
+    """(config, model, params, fitted preprocessing) of a finished run's newest checkpoint."""
+    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+    model = build_model(config, inputs.num_classes(config))
+    tx, _ = build_tx(config, config.total_steps)
+    mesh = build_mesh({"data": -1})
+    found = {}
+
+    def target(pre_arrays, meta):
+        found["preprocess"] = inputs.join_state(pre_arrays, meta["preprocess"])
+        example = np.zeros((1, *meta["input_shape"]), np.float32)
+        shapes = jax.eval_shape(lambda: init_state(model, tx, jax.random.PRNGKey(0), example))
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
+
+    restored = Checkpointer(workdir).restore_latest(target)
+    if restored is None:
+        raise ValueError(f"restore: {workdir} has no readable checkpoint")
+    return config, model, restored[0].params, found["preprocess"]
+
+
+def perturbation_sensitivity(run: RunResult, images: int, epsilons: Sequence[float],
+                             directions: int) -> dict[str, Any]:
+    """Mean |ΔL| of the training loss under δW = ±ε‖W‖·U/‖U‖ of the first layer, and its odd
+    (first-order) and even (curvature) parts, at init (the run's own initial params, re-created
+    from its seed) and after training."""
+    config, model, trained, preprocess = restore(run.workdir)
+    x_u8, y = load_arrays(config.dataset, config.train_split, data_dir=config.data_dir or None,
+                          tfds_dir=config.tfds_dir or None)
+    x_np = np.asarray(inputs.transform(preprocess, inputs.to_float(x_u8[:images])))
+    flat = x_np.reshape(len(x_np), -1).astype(np.float64)
+    norm2 = float(np.mean(np.sum(flat**2, -1)))
+    # the share of the inputs' mean square that is the square of their mean
+    out: dict[str, Any] = {"mean_share": float(np.sum(flat.mean(0) ** 2)) / norm2,
+                           "input_norm2": norm2}
+    x32 = jnp.asarray(x_np[:1])
+    tx, _ = build_tx(config, config.total_steps)
+    initial = jax.jit(lambda: init_state(model, tx, jax.random.PRNGKey(config.seed),
+                                         x32).params)()
+    labels = np.asarray(y[:images])
+    # float64: the even part of ΔL is ~ε², below float32's resolution of L at ε = 1e-3
+    with jax.enable_x64(True):
+        x = jnp.asarray(x_np, jnp.float64)
+
+        @jax.jit
+        def loss_changes(params: dict, directions_R: jax.Array, eps_E: jax.Array):
+            """(L(W), ‖W‖, L(W ± δ) − L(W) for every ε × direction × sign), W the first
+            layer's weights, L the mean cross-entropy."""
+            flat_params = traverse_util.flatten_dict(params)
+            w = flat_params[FIRST_LAYER]
+
+            def loss(w_new: jax.Array) -> jax.Array:
+                new = traverse_util.unflatten_dict({**flat_params, FIRST_LAYER: w_new})
+                log_probs = jax.nn.log_softmax(model.apply({"params": new}, x, train=False))
+                return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], -1))
+
+            def change(u: jax.Array, e: jax.Array) -> jax.Array:
+                delta = e * jnp.linalg.norm(w) * u / jnp.linalg.norm(u)
+                return jnp.stack([loss(w + delta), loss(w - delta)]) - base
+
+            base = loss(w)
+            return base, jnp.linalg.norm(w), jax.vmap(
+                lambda e: jax.vmap(lambda u: change(u, e))(directions_R))(eps_E)
+
+        shape = traverse_util.flatten_dict(trained)[FIRST_LAYER].shape
+        units = np.random.default_rng(0).standard_normal((directions, *shape))
+        for label, params in (("init", initial), ("trained", trained)):
+            host = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+            base, norm, deltas_ER2 = jax.device_get(
+                loss_changes(host, units, np.asarray(epsilons, np.float64)))
+            out[label] = {"loss": float(base), "weight_norm": float(norm), "eps": [
+                {"epsilon": eps,
+                 "mean_abs": float(np.mean(np.abs(d))),
+                 # ±δ pairs split ΔL into its odd (gradient) and even (curvature) parts
+                 "first_order": float(np.mean(np.abs(d[:, 0] - d[:, 1]) / 2)),
+                 "second_order": float(np.mean((d[:, 0] + d[:, 1]) / 2))}
+                for eps, d in zip(epsilons, np.asarray(deltas_ER2), strict=True)]}
+    return out
+
+
+def _steps_below(run: RunResult, threshold: float) -> int | None:
+    steps, loss = run.series("train_loss")
+    return reach(steps, -loss, -threshold)
+
+
+def _lr_cell(runs: dict[float, RunResult], lr: float, best: float) -> str:
+    if lr not in runs:
+        return "·"
+    loss = _final(runs[lr], "fit_loss")
+    text = "diverged" if loss is None else f"{loss:.3f}"
+    return f"**{text}**" if lr == best else text
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs E9 and writes the report; returns the key numbers."""
+    args = parse_experiment_args(__doc__, __file__, argv)
+    report = Report("E9: input preprocessing — convergence speed and weight-perturbation "
+                    "sensitivity", args.out, command=args.command)
+    preps, grid, start = (TINY_PREPS, TINY_GRID, TINY_GRID[0]) if args.tiny else (
+        PREPS, LR_GRID, LR_START)
+    data = ",dataset=digits,train_size=1500,steps=300" if args.tiny else ""
+    images = 256 if args.tiny else LOSS_IMAGES
+
+    def train_at(prep: str) -> Callable[[float], RunResult]:
+        return lambda lr: run_training(
+            load_config(f"{CONFIG}:prep={prep},lr={lr}{data}"), args.runs / f"{prep}_lr{lr:g}",
+            name=f"{prep} (lr {lr:g})", reuse=args.reuse, progress=args.progress)
+
+    searched = {prep: search_lr(train_at(prep), grid, start) for prep in preps}
+    best = {prep: runs[lr] for prep, (runs, lr) in searched.items()}
+    best_lr = {prep: lr for prep, (_, lr) in searched.items()}
+    sensitivity = {prep: perturbation_sensitivity(run, images, EPSILONS, DIRECTIONS)
+                   for prep, run in best.items()}
+
+    report.facts.update({
+        "data": "digits (tiny): train on its 1,500 training images, val = test = its 297 test "
+                "images" if args.tiny else "CIFAR-10: train on train[:10000], validation "
+                "train[45000:] (5,000), test = the 1,000 test images in shared/datasets",
+        "net": "linear softmax classifier (logits = W·x + b), LeCun-normal W, plain SGD, "
+               f"constant lr, batch 128, {'300' if args.tiny else '3,000'} steps",
+        "config": CONFIG,
+        "learning rates": f"search on {list(grid)} from {start:g} (module docstring)",
+        "training runs": describe_runs(r for runs, _ in searched.values()
+                                       for r in runs.values()),
+    })
+    report.text(
+        "**Claim** (SPEC §3 E9, after the CS231n lecture on data preprocessing): zero-centering, "
+        "standardization and PCA/ZCA whitening speed up convergence, and with un-centered "
+        "inputs the loss is far more sensitive to a small change of the weights (the "
+        "decision boundaries must pass far from the origin, so a small rotation of W moves "
+        "them a lot), which makes optimization harder.\n\n"
+        "Every preprocessing is fitted on the training images only. zero_center and "
+        "standardize use per-pixel statistics (the mean image, the std image); the whitening "
+        "ε = 1e-2 is relative to pixel variances of ~0.06."
+    )
+
+    report.heading("Learning-rate search")
+    report.table(["preprocessing", *(f"lr {lr:g}" for lr in grid)],
+                 [[p, *(_lr_cell(searched[p][0], lr, best_lr[p]) for lr in grid)]
+                  for p in preps])
+    report.text("Final training loss (all training images, after the last step) at each rate "
+                "the search tried (· not tried; **bold**: the best, used below).")
+
+    report.heading("Convergence at each preprocessing's best learning rate")
+    rows, summary = [], {"best_lr": best_lr, "preps": {}}
+    for p in preps:
+        run = best[p]
+        hits = [_steps_below(run, t) for t in THRESHOLDS]
+        edge = best_lr[p] in (grid[0], grid[-1]) and len(grid) > 1
+        rows.append([p, f"{best_lr[p]:g}" + (" (grid edge)" if edge else ""), *hits,
+                     _final(run, "fit_loss"), _final(run, "val_accuracy"),
+                     _final(run, "test_accuracy")])
+        summary["preps"][p] = {
+            "lr": best_lr[p], "steps_to_loss": dict(zip(map(str, THRESHOLDS), hits, strict=True)),
+            "final_train_loss": _final(run, "fit_loss"),
+            "val_accuracy": _final(run, "val_accuracy"),
+            "test_accuracy": _final(run, "test_accuracy"),
+            "lr_search": {f"{lr:g}": _final(r, "fit_loss") for lr, r in searched[p][0].items()},
+        }
+    report.table(["preprocessing", "best lr", *(f"steps to loss {t:g}" for t in THRESHOLDS),
+                  "final train loss", "val acc", "test acc"], rows, spec=".4f")
+    report.text("\"steps to loss\": the first logged step (every 50) whose training loss, "
+                "averaged over the 50 steps, is at or below the threshold (— never).")
+    fig, axes = new_figure(3)
+    plot_curves(axes[0], {f"{p} (lr {best_lr[p]:g})": best[p].series("train_loss")
+                          for p in preps}, xlabel="step", ylabel="training loss", logy=True)
+    plot_curves(axes[1], {f"{p} (lr {best_lr[p]:g})": best[p].series("val_accuracy")
+                          for p in preps}, xlabel="step", ylabel="validation accuracy")
+    plot_curves(axes[2], {p: (sorted(searched[p][0]),
+                              [_final(searched[p][0][lr], "fit_loss") or np.nan
+                               for lr in sorted(searched[p][0])]) for p in preps},
+                xlabel="learning rate", ylabel="final training loss", logy=True)
+    axes[2].set_xscale("log")
+    report.figure(fig, "convergence.png", "Training loss and validation accuracy at each "
+                  "preprocessing's best learning rate, and the final training loss at every "
+                  "rate tried")
+
+    report.heading("Loss change under a small random perturbation of the weights")
+    report.text(
+        f"δW = ε·‖W‖_F·U/‖U‖_F with U a standard Gaussian matrix (the same {DIRECTIONS} "
+        "directions for every preprocessing), and ΔL = L(W ± δW) − L(W) for the mean "
+        f"cross-entropy on {images:,} training images. Each ±δ pair splits ΔL into its odd "
+        "part (ΔL₊ − ΔL₋)/2 = gradient·δW + O(ε³), the first-order change, and its even part "
+        "(ΔL₊ + ΔL₋)/2 = ½·δWᵀHδW + O(ε⁴), the curvature along δW. \"init\": the run's own "
+        "initial W (LeCun normal: the same draw for every preprocessing, so at init the "
+        "comparison is purely one of input geometry); \"trained\": after training at the best "
+        "lr. \"mean share\" = ‖E[x]‖² / E‖x‖², the part of the inputs' energy that is their "
+        "mean (on these images)."
+    )
+    main_i = EPSILONS.index(MAIN_EPSILON)
+    report.table(["preprocessing", "mean share", "E‖x‖²", "‖W‖ init", "‖W‖ trained"],
+                 [[p, sensitivity[p]["mean_share"], sensitivity[p]["input_norm2"],
+                   sensitivity[p]["init"]["weight_norm"], sensitivity[p]["trained"]["weight_norm"]]
+                  for p in preps], spec=".3g")
+    ref = sensitivity[preps[0]]
+    for label in ("init", "trained"):
+        rows = []
+        for p in preps:
+            at = sensitivity[p][label]["eps"][main_i]
+            rows.append([p, sensitivity[p][label]["loss"], at["mean_abs"],
+                         at["mean_abs"] / ref[label]["eps"][main_i]["mean_abs"],
+                         at["first_order"],
+                         at["second_order"],
+                         at["second_order"] / ref[label]["eps"][main_i]["second_order"]])
+        report.text(f"**{WHEN[label]}**")
+        report.table(["preprocessing", "L", f"mean |ΔL|, ε {MAIN_EPSILON:g}", "× none",
+                      "odd part", "even part",
+                      "× none"], rows, spec=".3g")
+    fig, axes = new_figure(2, 2)
+    for row, label in enumerate(("init", "trained")):
+        for col, (key, name) in enumerate((("mean_abs", "mean |ΔL|"),
+                                           ("second_order", "even part (curvature)"))):
+            ax = axes[2 * row + col]
+            plot_curves(ax, {p: (list(EPSILONS), [e[key] for e in sensitivity[p][label]["eps"]])
+                             for p in preps}, xlabel="relative perturbation ε", ylabel=name,
+                        title=WHEN[label], logy=True)
+            ax.set_xscale("log")
+    report.figure(fig, "perturbation.png", "Change of the training loss under a random "
+                  "perturbation of relative size ε of the first layer's weights: mean |ΔL| "
+                  "(left) and its even, curvature part (right), at init (top) and trained "
+                  "(bottom)")
+    summary["sensitivity"] = sensitivity
+
+    report.heading("Result")
+    report.text(_verdict(summary, preps))
+    report.save_json("results.json", summary)
+    print(f"wrote {report.write()}")
+    return summary
+
+
+def _verdict(summary: dict[str, Any], preps: Sequence[str]) -> str:
+    s = summary["sensitivity"]
+    lines = []
+    for p in preps:
+        r = summary["preps"][p]
+        lines.append(f"{p}: lr {r['lr']:g}, final training loss {r['final_train_loss']:.3f}, "
+                     f"steps to loss {THRESHOLDS[0]:g}: {r['steps_to_loss'][str(THRESHOLDS[0])]}"
+                     f", val {r['val_accuracy']:.3f}")
+    main_i = EPSILONS.index(MAIN_EPSILON)
+
+    def ratios(label: str, key: str, index: int) -> str:
+        ref = s[preps[0]][label]["eps"][index][key]
+        return ", ".join(f"{p} {s[p][label]['eps'][index][key] / ref:.2g}" for p in preps[1:])
+
+    return ("- Convergence (each at its best lr): " + "; ".join(lines) + ".\n"
+            f"- Mean |ΔL| at ε = {MAIN_EPSILON:g}, relative to none: at init "
+            + ratios("init", "mean_abs", main_i) + "; trained " + ratios("trained", "mean_abs",
+                                                                          main_i) + ".\n"
+            f"- Its even (curvature) part at ε = {MAIN_EPSILON:g}, relative to none: at init "
+            + ratios("init", "second_order", main_i) + "; trained "
+            + ratios("trained", "second_order", main_i) + ".")
+
+
+if __name__ == "__main__":
+    main()
