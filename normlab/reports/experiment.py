@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -73,5 +74,7 @@ def load_experiment(name: str) -> ModuleType:
         raise ValueError(f"load_experiment: no experiment name={name!r}; found {found}")
     spec = importlib.util.spec_from_file_location(f"normlab_experiment_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    # registered before it runs, as an import would: dataclasses look their module up there
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module

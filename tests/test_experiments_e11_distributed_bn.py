@@ -1,0 +1,39 @@
+"""E11 tiny (digits, 8 fake devices × 4 examples, 300 steps): BN statistics over the global
+batch train better than each device's own 4 examples, and 1 device, 8-way jit and 8-way pmap
+compute the same steps."""
+
+from pathlib import Path
+
+import pytest
+
+from normlab.reports.experiment import load_experiment
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.mark.slow
+def test_e11_tiny_global_statistics_win_and_modes_agree(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_DATA_DIR", str(DATA))
+    monkeypatch.setenv("NORMLAB_TFDS_DIR", str(tmp_path / "tfds"))
+    out = tmp_path / "e11"
+    e11 = load_experiment("e11_distributed_bn")
+    results = e11.main(["--tiny", "--out", str(out)])
+    scopes = results["scopes"]
+    assert scopes["global"]["examples"] == 32 and scopes["per_device"]["examples"] == 4
+    glob, dev = scopes["global"], scopes["per_device"]
+    assert glob["mean_test_accuracy"] > dev["mean_test_accuracy"] + 0.01
+    # 4-example statistics make every training step noisy: the train-mode loss stays far higher
+    assert dev["train_loss"][0] > 3 * glob["train_loss"][0]
+    layouts = results["agreement"]["BN, global"]
+    assert set(layouts) == {"data 8 (jit)", "data 8 (pmap)", e11.CONTROL}
+    for layout, r in layouts.items():
+        # float32 rounding only (tests/test_parallel_equivalence.py's tolerance); a missing or
+        # doubled reduction moves parameters by ~lr·|g| ≈ 1e-2
+        assert max(r["loss"]) < 1e-5 and max(r["params"]) < 1e-5, layout
+        assert max(r["batch_stats"]) < 1e-5, layout
+    assert all(ms > 0 for ms in results["step_ms"].values())
+    text = (out / "report.md").read_text()
+    assert "## The parallel modes agree" in text and "| git revision |" in text
+    assert "fake CPU devices" in text
+    for name in ("scopes.png", "agreement.png", "results.json"):
+        assert (out / name).exists()
