@@ -248,7 +248,7 @@ def training_section(report: Report, args) -> dict[str, Any]:
                 f"pre-activations of every conv layer on {n} training images, eval mode):")
     report.table(["norm", "sq-mean, mean over layers", "sq-mean, last", "inst-mean var, mean",
                   "inst-mean var, last", "inst-std var, mean", "inst-std var, last"], prows)
-    return {"table": table, "power": power}
+    return {"table": table, "trained_power": power}
 
 
 def _mean_std(values: Sequence[float], total: int) -> str:

@@ -24,25 +24,20 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import ConfigDict
 
 from normlab.config import load_config
 from normlab.data.datasets import load_arrays
 from normlab.nn.activations import make_activation
 from normlab.nn.dropout import Dropout, linear_depth_rates
-from normlab.parallel.mesh import build_mesh, replicated
 from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
 from normlab.reports.experiment import parse_experiment_args
 from normlab.train import inputs
-from normlab.train.checkpoint import Checkpointer
-from normlab.train.loop import build_model, build_tx
-from normlab.train.state import init_state
+from normlab.train.saved import load_saved
 
 CONFIG = "configs/e7_regularization.py"
 GRID = {"dropout": (0.3, 0.5), "dropout_classic": (0.3, 0.5), "dropconnect": (0.3, 0.5),
@@ -73,27 +68,6 @@ def gap(run: RunResult) -> float | None:
     """Train accuracy (clean training images, eval mode) minus test accuracy, at the end."""
     fit, test = _final(run, "fit_accuracy"), _final(run, "test_accuracy")
     return None if fit is None or test is None else fit - test
-
-
-def restore(workdir: Path) -> tuple[ConfigDict, Any, dict, Any]:
-    """(config, model, params, fitted preprocessing) of a finished run's newest checkpoint."""
-    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
-    model = build_model(config, inputs.num_classes(config))
-    tx, _ = build_tx(config, config.total_steps)
-    mesh = build_mesh({"data": -1})
-    found = {}
-
-    def target(pre_arrays, meta):
-        found["preprocess"] = inputs.join_state(pre_arrays, meta["preprocess"])
-        example = np.zeros((1, *meta["input_shape"]), np.float32)
-        shapes = jax.eval_shape(lambda: init_state(model, tx, jax.random.PRNGKey(0), example))
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
-
-    restored = Checkpointer(workdir).restore_latest(target)
-    if restored is None:
-        raise ValueError(f"restore: {workdir} has no readable checkpoint")
-    return config, model, restored[0].params, found["preprocess"]
 
 
 def forward(params: dict, x: jax.Array, *, activation: str, rate: float, mode: str,
@@ -131,7 +105,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def dropout_check(run: RunResult, masks: int, images: int) -> dict[str, Any]:
     """Test-time output vs the mean train-mode output over `masks` masks, both dropout forms."""
-    config, model, params, preprocess = restore(run.workdir)
+    saved = load_saved(run.workdir)
+    config, model = saved.config, saved.model
+    params, preprocess = saved.state.params, saved.preprocessor
     x_u8, y = load_arrays(config.dataset, config.evals["test"], data_dir=config.data_dir or None,
                           tfds_dir=config.tfds_dir or None)
     x = jnp.asarray(inputs.transform(preprocess, inputs.to_float(x_u8[:images])))

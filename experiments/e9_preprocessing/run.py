@@ -23,27 +23,23 @@ at initialization and after training.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from ml_collections import ConfigDict
 
 from normlab.config import load_config
 from normlab.data.datasets import load_arrays
-from normlab.parallel.mesh import build_mesh, replicated
 from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
 from normlab.reports import steps_to_reach as reach
 from normlab.reports.experiment import parse_experiment_args
 from normlab.train import inputs
-from normlab.train.checkpoint import Checkpointer
-from normlab.train.loop import build_model, build_tx
+from normlab.train.loop import build_tx
+from normlab.train.saved import load_saved
 from normlab.train.state import init_state
 
 CONFIG = "configs/e9_preprocessing.py"
@@ -89,33 +85,14 @@ def search_lr(train_at: Callable[[float], RunResult], grid: Sequence[float],
     return runs, grid[best]
 
 
-def restore(workdir: Path) -> tuple[ConfigDict, Any, dict, Any]:
-    """(config, model, params, fitted preprocessing) of a finished run's newest checkpoint."""
-    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
-    model = build_model(config, inputs.num_classes(config))
-    tx, _ = build_tx(config, config.total_steps)
-    mesh = build_mesh({"data": -1})
-    found = {}
-
-    def target(pre_arrays, meta):
-        found["preprocess"] = inputs.join_state(pre_arrays, meta["preprocess"])
-        example = np.zeros((1, *meta["input_shape"]), np.float32)
-        shapes = jax.eval_shape(lambda: init_state(model, tx, jax.random.PRNGKey(0), example))
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
-
-    restored = Checkpointer(workdir).restore_latest(target)
-    if restored is None:
-        raise ValueError(f"restore: {workdir} has no readable checkpoint")
-    return config, model, restored[0].params, found["preprocess"]
-
-
 def perturbation_sensitivity(run: RunResult, images: int, epsilons: Sequence[float],
                              directions: int) -> dict[str, Any]:
     """Mean |ΔL| of the training loss under δW = ±ε‖W‖·U/‖U‖ of the first layer, and its odd
     (first-order) and even (curvature) parts, at init (the run's own initial params, re-created
     from its seed) and after training."""
-    config, model, trained, preprocess = restore(run.workdir)
+    saved = load_saved(run.workdir)
+    config, model = saved.config, saved.model
+    trained, preprocess = saved.state.params, saved.preprocessor
     x_u8, y = load_arrays(config.dataset, config.train_split, data_dir=config.data_dir or None,
                           tfds_dir=config.tfds_dir or None)
     x_np = np.asarray(inputs.transform(preprocess, inputs.to_float(x_u8[:images])))
