@@ -10,7 +10,7 @@ z = (γ·y + β − μ̃)/sqrt(σ̃² + ε), i.e. the norm's affine followed by 
 depends on parameters only). In v2 a projection shortcut reads the block's pre-activated input
 act(norm(x)), as in the paper, and the net ends with a final norm → act before pooling.
 
-Presets: "resnet20/32/56/110" (CIFAR 6n+2: 3×3 stem of 16 channels, three stages of n basic
+Presets: "resnet8/20/32/56/110" (CIFAR 6n+2: 3×3 stem of 16 channels, three stages of n basic
 blocks at 16/32/64 channels, strides 1/2/2, global average pool, Dense) and "resnet18/34"
 (basic) / "resnet50" (bottleneck, stride on the 3×3 conv as in torchvision's "v1.5"), whose
 ImageNet stem is conv 7×7/2 → norm → act → max-pool 3×3/2 (`cifar_stem=True`: conv 3×3/1, no
@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from normlab.models import HEAD, build_initializer, layer_name, preset
 from normlab.models.cnn import check_nhwc, conv_layer
+from normlab.models.stem import Stem
 from normlab.nn.dropout import StochasticDepth, linear_depth_rates
 from normlab.nn.norm_act import NormAct
 from normlab.nn.residual_init import ResidualInit
@@ -219,52 +220,6 @@ class ResidualBlock(nn.Module):
             return y
         return NormAct(norm="none", activation=self.activation, act_kwargs=self.act_kwargs,
                        name="out_act")(y, train=train)
-
-
-class Stem(nn.Module):
-    """The input layer: conv 3×3/1 (`cifar`) or conv 7×7/2 → max-pool 3×3/2 (ImageNet), with
-    norm → act after the conv in v1 (none in v2, whose blocks start with their own).
-
-        stem = Stem(features=16, cifar=True, kernel_init=init)
-    """
-
-    features: int
-    cifar: bool = False
-    preact: bool = False
-    conv: str = "standard"
-    norm: str = "batch"
-    activation: str = "relu"
-    norm_kwargs: Mapping[str, Any] | None = None
-    act_kwargs: Mapping[str, Any] | None = None
-    kernel_init: Callable = nn.initializers.he_normal()
-    use_bias: bool = False
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        kernel, strides = (3, 1) if self.cifar else (7, 2)
-        x = conv_layer(
-            self.conv,
-            self.features,
-            kernel,
-            strides=strides,
-            use_bias=self.use_bias,
-            kernel_init=partitioned(self.kernel_init, (None, None, None, "embed")),
-            dtype=self.dtype,
-            name="conv",
-        )(x)
-        x = constrain(x, ("batch", None, None, "embed"))
-        if not self.preact:
-            x = channel_params(NormAct, "embed")(
-                norm=self.norm,
-                activation=self.activation,
-                norm_kwargs=self.norm_kwargs,
-                act_kwargs=self.act_kwargs,
-                name="norm_act",
-            )(x, train=train)
-        if not self.cifar:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        return x
 
 
 @MODELS.register("resnet")
