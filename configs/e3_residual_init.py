@@ -21,29 +21,12 @@ train, zero_init_last a little faster at first. See experiments/e3_residual_init
 """
 
 from normlab.config import parse_arg
-from normlab.train.defaults import resnet_classifier, shrink_for_runlocal
+from normlab.train.defaults import RESNET_ARGS, resnet_classifier, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    a = parse_arg(
-        arg,
-        model="resnet56",
-        width=0.5,
-        norm="none",
-        act="relu",
-        init="kaiming_normal",
-        preact=True,
-        residual_init="standard",
-        conv="standard",
-        groups=8,
-        batch=128,
-        lr=0.1,
-        epochs=0,
-        steps=300,
-        seed=0,
-        dataset="cifar10",
-        runlocal=False,
-    )
+    a = parse_arg(arg, **{**RESNET_ARGS, "model": "resnet56", "width": 0.5, "norm": "none",
+                          "epochs": 0, "steps": 300, "dataset": "cifar10"})
     c = resnet_classifier(a)
     c.model.width_multiplier = a.width
     c.dataset = a.dataset

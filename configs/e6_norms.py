@@ -29,31 +29,12 @@ batch and beat GN, LN and IN. See experiments/e6_norms/report.md.
 
 from normlab.config import parse_arg
 from normlab.nn.norm_act import is_proxy
-from normlab.train.defaults import resnet_classifier, shrink_for_runlocal
+from normlab.train.defaults import RESNET_ARGS, resnet_classifier, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    a = parse_arg(
-        arg,
-        model="resnet20",
-        width=0.5,
-        norm="batch",
-        act="relu",
-        init="kaiming_normal",
-        preact=True,
-        residual_init="standard",
-        conv="standard",
-        groups=8,
-        batch=256,
-        lr=0.1,
-        epochs=3,
-        steps=0,
-        train_examples=45000,
-        proxy_wd=5e-4,
-        seed=0,
-        dataset="cifar10",
-        runlocal=False,
-    )
+    a = parse_arg(arg, **{**RESNET_ARGS, "width": 0.5, "batch": 256, "epochs": 3,
+                          "train_examples": 45000, "proxy_wd": 5e-4, "dataset": "cifar10"})
     c = resnet_classifier(a)
     c.model.width_multiplier = a.width
     c.dataset = a.dataset
