@@ -23,7 +23,7 @@ in far fewer steps; see experiments/e4_bn_mnist/report.md.
 """
 
 from normlab.config import parse_arg
-from normlab.train.defaults import base_config, shrink_for_runlocal
+from normlab.train.defaults import base_config, holdout_splits, shrink_for_runlocal
 
 
 def get_config(arg=None):
@@ -43,12 +43,7 @@ def get_config(arg=None):
     c = base_config()
     c.seed = a.seed
     c.dataset = a.dataset
-    if a.dataset == "digits":
-        c.train_split = "train"
-        c.evals = {"val": "test", "test": "test"}
-    else:
-        c.train_split = "train[:55000]"
-        c.evals = {"val": "train[55000:]", "test": "test"}
+    holdout_splits(c)
     c.batch_size = a.batch
     c.total_steps = a.steps
     c.steps_per_call = 100

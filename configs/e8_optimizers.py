@@ -29,7 +29,7 @@ above the constant lr (87.5%) with a lower training loss. See experiments/e8_opt
 """
 
 from normlab.config import parse_arg
-from normlab.train.defaults import base_config, shrink_for_runlocal
+from normlab.train.defaults import base_config, holdout_splits, shrink_for_runlocal
 
 OPTIMIZER_KWARGS = {
     "momentum": {"momentum": 0.9},
@@ -73,12 +73,7 @@ def get_config(arg=None):
     c = base_config()
     c.seed = a.seed
     c.dataset = a.dataset
-    if a.dataset == "digits":
-        c.train_split = "train"
-        c.evals = {"val": "test", "test": "test"}
-    else:
-        c.train_split = "train[:55000]"
-        c.evals = {"val": "train[55000:]", "test": "test"}
+    holdout_splits(c)
     c.preprocess = dict(name="standardize")
     c.batch_size = a.batch
     c.total_steps = a.steps

@@ -113,3 +113,16 @@ def test_durations_and_intervals():
 def test_missing_config_file():
     with pytest.raises(ValueError, match="does not exist"):
         load_config("configs/nope.py:runlocal")
+
+
+def test_holdout_splits_keep_the_last_images_for_validation():
+    from normlab.train.defaults import base_config, holdout_splits
+
+    c = base_config()
+    c.dataset = "fashion_mnist"
+    holdout_splits(c, held_out=10_000)
+    assert c.train_split == "train[:50000]"
+    assert dict(c.evals) == {"val": "train[50000:]", "test": "test"}
+    c.dataset = "digits"
+    holdout_splits(c)
+    assert c.train_split == "train" and dict(c.evals) == {"val": "test", "test": "test"}

@@ -74,6 +74,23 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def holdout_splits(c: ml_collections.ConfigDict, held_out: int = 5000) -> None:
+    """Trains on all but the last `held_out` of the 60,000 training images of MNIST-sized data
+    sets; `val_*` metrics on those, `test_*` on the test split. `digits` has no room for a
+    validation split: it trains on all of "train" and validates on its test split.
+
+        c.dataset = "fashion_mnist"
+        holdout_splits(c)        # train[:55000], val train[55000:], test
+    """
+    if c.dataset == "digits":
+        c.train_split = "train"
+        c.evals = {"val": "test", "test": "test"}
+    else:
+        keep = 60_000 - held_out
+        c.train_split = f"train[:{keep}]"
+        c.evals = {"val": f"train[{keep}:]", "test": "test"}
+
+
 def shrink_for_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Turns any config into a seconds-long smoke test (big_vision's `runlocal`)."""
     c.total_steps, c.total_epochs = 20, 0
