@@ -29,6 +29,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,17 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
+def train(
+    config: ConfigDict,
+    workdir: str | Path,
+    *,
+    progress: bool = True,
+    devices: Sequence[jax.Device] | None = None,
+) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary.
+
+    `devices`: the devices of the mesh (default: every visible device).
+    """
     # ---------------------------------------------------------------- setup and validation
     validate(config)
     workdir = Path(workdir)
@@ -130,7 +140,7 @@ def train(config: ConfigDict, workdir: str | Path, *, progress: bool = True) -> 
     is_main = jax.process_index() == 0
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    plan = ParallelPlan.from_config(config)  # bad mesh or batch shapes fail here
+    plan = ParallelPlan.from_config(config, devices)  # bad mesh or batch shapes fail here
     mesh = plan.mesh
     t_start = time.time()
 
