@@ -10,27 +10,73 @@ Every experiment under `experiments/` writes its results with this package:
     report.figure(fig, "accuracy.png", "Test accuracy vs step")
     report.write()   # out_dir/report.md with command, device, wall time and git revision
 
-- `normlab.reports.markdown`: `Report`, `markdown_table`, `fmt`.
+- `normlab.reports.markdown`: `Report`, `markdown_table`, `fmt`, `fmt_mean_ci` (mean ± 95% CI,
+  always with n), `Verdict` / `verdict_table` (claims, evidence, n, verdict).
 - `normlab.reports.plots`: matplotlib (Agg, no pyplot state) figures, curves and saving.
 - `normlab.reports.runs`: train a config through `normlab.train.loop.train` (or reuse a
   finished run) and read its metrics as series; `steps_to_reach`; `describe_runs` (provenance
   of the runs behind a report).
+- `normlab.reports.stats`: a run's final / best / mean-of-last metric, `choose_lr` (on a
+  validation metric), and across seeds: mean, sample sd, t CI, Welch's test, bootstrap CI,
+  steps to a threshold with a CI.
 """
 
-from normlab.reports.markdown import Report, fmt, markdown_table
+from normlab.reports.markdown import (
+    VERDICTS,
+    Report,
+    Verdict,
+    fmt,
+    fmt_mean_ci,
+    markdown_table,
+    verdict_table,
+)
 from normlab.reports.plots import new_figure, plot_curves, save_figure
 from normlab.reports.runs import RunResult, describe_runs, run_training, series, steps_to_reach
+from normlab.reports.stats import (
+    StepsToReach,
+    Summary,
+    Welch,
+    best_metric,
+    bootstrap_ci,
+    choose_lr,
+    final_metric,
+    mean,
+    mean_ci,
+    mean_of_last,
+    sample_sd,
+    steps_to_reach_across,
+    summarize,
+    welch_test,
+)
 
 __all__ = [
+    "VERDICTS",
     "Report",
     "RunResult",
+    "StepsToReach",
+    "Summary",
+    "Verdict",
+    "Welch",
+    "best_metric",
+    "bootstrap_ci",
+    "choose_lr",
     "describe_runs",
+    "final_metric",
     "fmt",
+    "fmt_mean_ci",
     "markdown_table",
+    "mean",
+    "mean_ci",
+    "mean_of_last",
     "new_figure",
     "plot_curves",
     "run_training",
+    "sample_sd",
     "save_figure",
     "series",
     "steps_to_reach",
+    "steps_to_reach_across",
+    "summarize",
+    "verdict_table",
+    "welch_test",
 ]

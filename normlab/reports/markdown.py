@@ -19,11 +19,17 @@ import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from normlab.reports.plots import save_figure
+from normlab.reports.stats import LEVEL, summarize
 from normlab.train.run_info import run_info
+
+# a verdict's words, so a test can read them back; n < MIN_SEEDS makes a verdict preliminary
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not tested")
+MIN_SEEDS = 3
 
 
 def fmt(value: Any, spec: str = ".4g") -> str:
@@ -38,6 +44,59 @@ def fmt(value: Any, spec: str = ".4g") -> str:
     if isinstance(value, numbers.Real):
         return "—" if math.isnan(value) else format(float(value), spec)
     return str(value)
+
+
+def fmt_mean_ci(
+    values: Sequence[float | None], spec: str = ".3f", *, scale: float = 1.0,
+    show_n: bool = True,
+) -> str:
+    """Mean ± half-width of its 95% Student-t CI over the finite values, always with n (a
+    table without `show_n` must give n in a column of its own). None and non-finite values
+    (diverged runs) are left out and counted: "n=4 of 5". `scale` multiplies every value
+    (e.g. 100 for percentage points).
+
+        fmt_mean_ci([0.91, 0.912, 0.914])          # "0.912 ± 0.005 (95% CI, n=3)"
+        fmt_mean_ci([0.91])                        # "0.910 (n=1)"
+        fmt_mean_ci([None, None])                  # "— (n=0 of 2)"
+    """
+    s = summarize([None if v is None else v * scale for v in values])
+    count = f"n={s.n}" + ("" if s.n == len(values) else f" of {len(values)}")
+    if s.n == 0:
+        return f"— ({count})" if show_n else "—"
+    if s.n == 1:
+        return f"{s.mean:{spec}}" + (f" ({count})" if show_n else "")
+    text = f"{s.mean:{spec}} ± {s.ci:{spec}}"
+    return text + (f" ({LEVEL:.0%} CI, {count})" if show_n else "")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim of an experiment: what was measured, on how many seeds, and the verdict (one
+    of `VERDICTS`)."""
+
+    claim: str
+    evidence: str
+    verdict: str
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"Verdict: verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> str:
+    """The claims as a table: claim | evidence | n | verdict. A verdict on fewer than
+    `MIN_SEEDS` seeds (or an unstated n) is marked "preliminary", unless it is "not tested".
+
+        verdict_table([Verdict("BN trains faster", "steps to 97%: 2,100 vs 6,800", "reproduced",
+                               n=1)])     # ... | 1 | preliminary: reproduced |
+    """
+    rows = []
+    for v in verdicts:
+        weak = v.verdict != "not tested" and (v.n is None or v.n < MIN_SEEDS)
+        rows.append([v.claim, v.evidence, "—" if v.n is None else str(v.n),
+                     f"preliminary: {v.verdict}" if weak else v.verdict])
+    return markdown_table(["claim", "evidence", "n", "verdict"], rows, align="llrl")
 
 
 def markdown_table(

@@ -42,13 +42,16 @@ def series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.
 
 
 def steps_to_reach(
-    steps: Sequence[int], values: Sequence[float], threshold: float
+    steps: Sequence[int], values: Sequence[float], threshold: float, *, below: bool = False
 ) -> int | None:
-    """The first step whose value is >= `threshold` (None if it never is).
+    """The first step whose value is >= `threshold` (`below`: <= threshold, e.g. a loss);
+    None if it never is. Across seeds: `normlab.reports.stats.steps_to_reach_across`.
 
         steps_to_reach([500, 1000], [0.91, 0.96], 0.95)   # 1000
+        steps_to_reach([100, 200], [2.3, 1.9], 2.0, below=True)   # 200
     """
-    hits = [s for s, v in zip(steps, values, strict=True) if v >= threshold]
+    hits = [s for s, v in zip(steps, values, strict=True)
+            if (v <= threshold if below else v >= threshold)]
     return int(hits[0]) if hits else None
 
 
