@@ -11,6 +11,7 @@ Wiring (in the CLI): `command.add_subcommand(subparsers)`; then `args.func(args)
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             return _prepare(args)
         return _info(args)
     except ValueError as err:  # DatasetNotFoundError, ChecksumError, bad names: say it plainly
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
 
 
