@@ -9,12 +9,17 @@ test images available. With ../shared/datasets/cifar10 that is only the FIRST 1,
 10,000 test images (standard error ≈ ±0.9% at 90% accuracy): say so wherever `test_accuracy`
 is reported.
 
-Arguments: as configs/fmnist_resnet.py (normlab.train.defaults.RESNET_ARGS).
+Arguments: as configs/fmnist_resnet.py (RESNET_ARGS in configs/common.py).
 Expected: ResNet-20 with BN reaches about 91-92% validation accuracy in 30 epochs (GPU).
 """
 
+import sys
+from pathlib import Path
+
 from normlab.config import parse_arg
-from normlab.train.defaults import RESNET_ARGS, resnet_classifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
+from common import RESNET_ARGS, resnet_classifier  # noqa: E402
 
 
 def get_config(arg=None):

@@ -20,8 +20,14 @@ from (or diverges), while zero_init_last starts at ln 10 and trains at once; wit
 train, zero_init_last a little faster at first. See experiments/e3_residual_init/report.md.
 """
 
+import sys
+from pathlib import Path
+
 from normlab.config import parse_arg
-from normlab.train.defaults import RESNET_ARGS, resnet_classifier, shrink_for_runlocal
+from normlab.train.defaults import shrink_for_runlocal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
+from common import RESNET_ARGS, resnet_classifier  # noqa: E402
 
 
 def get_config(arg=None):

@@ -22,8 +22,14 @@ Expected: norm=batch reaches higher test accuracy than norm=none throughout and 
 in far fewer steps; see experiments/e4_bn_mnist/report.md.
 """
 
+import sys
+from pathlib import Path
+
 from normlab.config import parse_arg
-from normlab.train.defaults import base_config, holdout_splits, shrink_for_runlocal
+from normlab.train.defaults import base_config, shrink_for_runlocal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
+from common import holdout_splits  # noqa: E402
 
 
 def get_config(arg=None):

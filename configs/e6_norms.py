@@ -27,9 +27,15 @@ Expected (the paper): BN degrades at small batch; GN+PN and LN+PN match or beat 
 batch and beat GN, LN and IN. See experiments/e6_norms/report.md.
 """
 
+import sys
+from pathlib import Path
+
 from normlab.config import parse_arg
 from normlab.nn.norm_act import is_proxy
-from normlab.train.defaults import RESNET_ARGS, resnet_classifier, shrink_for_runlocal
+from normlab.train.defaults import shrink_for_runlocal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
+from common import RESNET_ARGS, resnet_classifier  # noqa: E402
 
 
 def get_config(arg=None):

@@ -28,8 +28,14 @@ accuracy (the same within the seed spread); momentum and the adaptive methods re
 above the constant lr (87.5%) with a lower training loss. See experiments/e8_optimizers/.
 """
 
+import sys
+from pathlib import Path
+
 from normlab.config import parse_arg
-from normlab.train.defaults import base_config, holdout_splits, shrink_for_runlocal
+from normlab.train.defaults import base_config, shrink_for_runlocal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
+from common import holdout_splits  # noqa: E402
 
 OPTIMIZER_KWARGS = {
     "momentum": {"momentum": 0.9},

@@ -12,7 +12,7 @@ a GPipe pipeline over 4 stages (ResNet-56: runs of 8 identical blocks per stage)
     normlab train --config configs/fmnist_resnet.py:model=resnet56 --workdir runs/fm_pp \
         --config.mesh.stage=4 --config.pipeline.microbatches=8
 
-Arguments (normlab.train.defaults.RESNET_ARGS): model (resnet20/32/56/110), norm, act, init,
+Arguments (RESNET_ARGS in configs/common.py): model (resnet20/32/56/110), norm, act, init,
 preact, residual_init, conv (standard/weight_std/scaled_ws), groups (for group norms), batch,
 lr (for batch 128; scaled linearly), epochs or steps, seed, runlocal.
 
@@ -20,8 +20,13 @@ Expected: ResNet-20 with BN reaches about 93-94% test accuracy in 30 epochs (GPU
 on this 2-core CPU an epoch of ResNet-20 takes several minutes).
 """
 
+import sys
+from pathlib import Path
+
 from normlab.config import parse_arg
-from normlab.train.defaults import RESNET_ARGS, resnet_classifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
+from common import RESNET_ARGS, resnet_classifier  # noqa: E402
 
 
 def get_config(arg=None):

@@ -115,8 +115,11 @@ def test_missing_config_file():
         load_config("configs/nope.py:runlocal")
 
 
-def test_holdout_splits_keep_the_last_images_for_validation():
-    from normlab.train.defaults import base_config, holdout_splits
+def test_holdout_splits_keep_the_last_images_for_validation(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "configs"))
+    from common import holdout_splits  # configs/common.py, as the config files import it
+
+    from normlab.train.defaults import base_config
 
     c = base_config()
     c.dataset = "fashion_mnist"

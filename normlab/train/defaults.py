@@ -74,23 +74,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def holdout_splits(c: ml_collections.ConfigDict, held_out: int = 5000) -> None:
-    """Trains on all but the last `held_out` of the 60,000 training images of MNIST-sized data
-    sets; `val_*` metrics on those, `test_*` on the test split. `digits` has no room for a
-    validation split: it trains on all of "train" and validates on its test split.
-
-        c.dataset = "fashion_mnist"
-        holdout_splits(c)        # train[:55000], val train[55000:], test
-    """
-    if c.dataset == "digits":
-        c.train_split = "train"
-        c.evals = {"val": "test", "test": "test"}
-    else:
-        keep = 60_000 - held_out
-        c.train_split = f"train[:{keep}]"
-        c.evals = {"val": f"train[{keep}:]", "test": "test"}
-
-
 def shrink_for_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Turns any config into a seconds-long smoke test (big_vision's `runlocal`)."""
     c.total_steps, c.total_epochs = 20, 0
@@ -103,59 +86,4 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.diag_batch_size = 32
     if c.diag_every_steps:
         c.diag_every_steps = 10
-    return c
-
-
-RESNET_ARGS = dict(
-    model="resnet20",
-    norm="batch",
-    act="relu",
-    init="kaiming_normal",
-    preact=True,
-    residual_init="standard",
-    conv="standard",
-    groups=8,
-    batch=128,
-    lr=0.1,
-    epochs=30,
-    steps=0,
-    seed=0,
-    runlocal=False,
-)
-
-
-def resnet_classifier(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A CIFAR-style ResNet classifier config from parsed `RESNET_ARGS`-style arguments.
-
-    SGD with Nesterov momentum 0.9, a cosine schedule with a 2-epoch-ish warm-up, L2 5e-4 on
-    kernels, flip + 4-pixel crop augmentation, per-channel standardization.
-    """
-    c = base_config()
-    c.seed = a.seed
-    c.batch_size = a.batch
-    c.total_epochs, c.total_steps = (0, a.steps) if a.steps else (a.epochs, 0)
-    c.steps_per_call = 50
-    c.log_every_steps = 50
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 1000
-    c.preprocess = dict(name="standardize", per_channel=True)
-    c.augment = {"flip": {}, "crop": {"pad": 4}}
-    norm_kwargs = {"num_groups": a.groups} if a.norm.startswith(("group", "evonorm_s0")) else {}
-    c.model = dict(
-        name=a.model,
-        norm=a.norm,
-        activation=a.act,
-        kernel_init=a.init,
-        preact=a.preact,
-        residual_init=a.residual_init,
-        conv=a.conv,
-        norm_kwargs=norm_kwargs,
-    )
-    c.lr = a.lr * a.batch / 128  # linear scaling from the batch-128 recipe
-    c.optimizer = dict(name="nesterov", momentum=0.9)
-    c.schedule = dict(name="cosine", warmup_steps=0)
-    c.weight_decay.l2 = 5e-4
-    if a.runlocal:
-        shrink_for_runlocal(c)
-        c.model.base_width = 4
     return c
