@@ -8,8 +8,10 @@
     normlab report sweeps/bn
     normlab bench --norm-ops --quick
 
-Bad input (an unknown component, a malformed override, a missing data set, a NaN) ends with
-one clear `error:` line and a non-zero exit status, never a traceback.
+Bad input (an unknown component, a malformed override, a missing data set, a NaN, a config
+file that fails) ends with one clear `error:` line and exit status 1, never a traceback; an
+error in a config file names its file and line. `normlab --debug ...` (or NORMLAB_DEBUG=1)
+shows the full traceback instead. Ctrl-C exits with status 130.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import sys
 
 from normlab import __doc__ as package_doc
-from normlab.errors import NormlabError
+from normlab.errors import debug_from_env, run_reporting_errors
 
 
 def _split_overrides(extra: list[str]) -> list[str]:
@@ -68,8 +70,12 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+_DEBUG_HELP = "show the full traceback of an error (also NORMLAB_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description=package_doc)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
@@ -110,15 +116,37 @@ def build_parser() -> argparse.ArgumentParser:
     from normlab.train.ensemble_eval import add_subcommand as add_ensemble_subcommand
 
     add_ensemble_subcommand(sub)
+    for subcommand in sub.choices.values():  # `normlab train --debug ...` works too
+        subcommand.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+        )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+class _HidePlatformProbing(logging.Filter):
+    """Drops JAX's "Unable to initialize backend 'tpu'" (or 'cuda', 'rocm'): JAX logs one for
+    every platform it probes and does not find, which is no problem of the user's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unable to initialize backend")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The CLI's log format, without absl's chatter and JAX's platform probing."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    probing = logging.getLogger("jax._src.xla_bridge")
+    if not any(isinstance(f, _HidePlatformProbing) for f in probing.filters):
+        probing.addFilter(_HidePlatformProbing())
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    try:
+    debug = args.debug or debug_from_env()
+
+    def command() -> int:
         if args.command == "train":
             return _cmd_train(args, extra)
         if args.command == "eval":
@@ -126,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
-    except (ValueError, FileNotFoundError, NormlabError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+
+    return run_reporting_errors(command, debug=debug)
 
 
 if __name__ == "__main__":

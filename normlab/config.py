@@ -17,14 +17,35 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
-from collections.abc import Iterable
+import sysconfig
+import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+from normlab.errors import ConfigError, NormlabError
+
+# folders whose files are not the user's code (with a separator: /x/normlab_configs is)
+_NORMLAB_DIR = os.path.join(Path(__file__).resolve().parent, "")
+_PYTHON_DIRS = tuple(
+    os.path.join(Path(sysconfig.get_path(kind)).resolve(), "")
+    for kind in ("stdlib", "platstdlib", "purelib", "platlib")
+)
+
+
+def _special_float(text: str) -> float | None:
+    """`nan`, `inf`, `-inf` (any case) as floats, which literal_eval does not read; else None.
+
+    They are floats, so they parse; whether a field may be non-finite is validation's call."""
+    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(text)
+    return None
 
 
 def _parse_value(text: str, like: Any, where: str) -> Any:
@@ -40,7 +61,11 @@ def _parse_value(text: str, like: Any, where: str) -> Any:
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
-            raise ValueError(f"{where}: expected a {type(like).__name__}, got {text!r}") from None
+            value = _special_float(text) if isinstance(like, float) else None
+            if value is None:
+                raise ValueError(
+                    f"{where}: expected a {type(like).__name__}, got {text!r}"
+                ) from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: expected a {type(like).__name__}, got {text!r}")
         if isinstance(like, int) and isinstance(value, float):
@@ -87,19 +112,84 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return result
 
 
+def _shown(filename: str) -> str:
+    """A file name as the user would type it: relative to the working directory when inside."""
+    relative = os.path.relpath(filename)
+    return filename if relative.startswith("..") else relative
+
+
+def _is_user_file(filename: str) -> bool:
+    """Whether `filename` is the user's code: neither normlab's nor Python's (stdlib, packages)."""
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return False
+    resolved = str(Path(filename).resolve())
+    return not resolved.startswith((_NORMLAB_DIR, *_PYTHON_DIRS))
+
+
+def _located(err: BaseException, path: str | Path, doing: str) -> BaseException:
+    """`err` raised while `doing` (running `path`, or calling one of its functions) as one line
+    naming the innermost line of the user's code it went through.
+
+    A ValueError or NormlabError raised by normlab itself (say `parse_arg` naming the valid
+    arguments) already is such a line, and is returned unchanged.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    if isinstance(err, SyntaxError) and err.filename:  # the frame is the importer's, not the file's
+        where = f"{_shown(err.filename)}:{err.lineno}"
+        return ConfigError(f"{where}: SyntaxError: {err.msg}")
+    deliberate = isinstance(err, ValueError | NormlabError) and frames
+    if deliberate and str(Path(frames[-1].filename).resolve()).startswith(_NORMLAB_DIR):
+        return err
+    what = f"{type(err).__name__}: {err}"
+    user = [f for f in frames if _is_user_file(f.filename)]
+    if not user:
+        return ConfigError(f"{_shown(str(path))}: {doing} failed: {what}")
+    frame = user[-1]
+    where = f"{_shown(frame.filename)}:{frame.lineno}"
+    if frame.name == "<module>":
+        return ConfigError(f"{where}: {what}")
+    return ConfigError(f"in {where} ({frame.name}): {what}")
+
+
+def call_config_function(path: str | Path, function: Callable, *args: Any) -> Any:
+    """`function(*args)` for a function of config file `path`; any error it raises becomes one
+    line naming the file and line of the config's code (`ConfigError`, chained to the original
+    for `--debug`)."""
+    try:
+        return function(*args)
+    except Exception as err:
+        located = _located(err, path, f"{getattr(function, '__name__', 'the call')}(...)")
+        if located is err:
+            raise
+        raise located from err
+
+
 def load_module(path: str | Path) -> ModuleType:
-    """Imports a config file by path (it need not be on `sys.path`)."""
+    """Imports a config file by path (it need not be on `sys.path`).
+
+    A missing or non-Python file, or any error while importing it (a syntax error, a failing
+    import), is a one-line ConfigError naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.suffix != ".py":
+        raise ConfigError(
+            f"config file {str(path)!r} is not a Python file: a config is a .py file defining "
+            "get_config(arg)"
+        )
     name = f"normlab_config_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {str(path)!r} defines no get_config(arg)")
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[name]
+        raise _located(err, path, "import") from err
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {str(path)!r} defines no get_config(arg)")
     return module
 
 
@@ -112,9 +202,12 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` and returns `get_config(arg)`, unlocked for overrides."""
     path, arg = split_spec(spec)
-    config = load_module(path).get_config(arg)
+    config = call_config_function(path, load_module(path).get_config, arg)
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"get_config in {path!r} must return an ml_collections.ConfigDict")
+        raise ConfigError(
+            f"get_config in {path!r} must return an ml_collections.ConfigDict, got "
+            f"{type(config).__name__}"
+        )
     return config
 
 

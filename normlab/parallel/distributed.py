@@ -13,11 +13,13 @@ Explicitly (any launcher), e.g. two hosts:
     normlab train ... --coordinator host0:7777 --num-processes 2 --process-id 1   # on host1
 
 Under SLURM, inside an `srun` step of a job with several tasks, `initialize()` with no
-arguments detects the job (coordinator, process count and id) from SLURM's variables.
+arguments detects the job (coordinator, process count and id) from SLURM's variables: the
+coordinator is process 0 on the step's first node, at the port JAX derives from the job id
+($JAX_COORDINATOR_PORT overrides it), and 127.0.0.1 when all tasks share one node.
 
 The coordinator listens on the address it is given (not on every interface, JAX's default):
-`bind_address`, else $JAX_COORDINATOR_BIND_ADDRESS, else `coordinator_address` itself. Tests
-use 127.0.0.1 only.
+`bind_address`, else $JAX_COORDINATOR_BIND_ADDRESS, else the coordinator address the other
+processes are told to use, explicit or detected. Tests use 127.0.0.1 only.
 
     initialize("127.0.0.1:7777", num_processes=2, process_id=0)
 """
@@ -27,10 +29,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+from collections.abc import Mapping
 
 import jax
 
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID")
+
+
+_SLURM_PORT_BASE = 65536 - 4096  # JAX's SLURM detection: a port in [61440, 65535] per job
 
 
 def under_slurm() -> bool:
@@ -38,6 +45,29 @@ def under_slurm() -> bool:
     if not all(name in os.environ for name in SLURM_VARIABLES):
         return False
     return int(os.environ["SLURM_NTASKS"]) > 1
+
+
+def first_slurm_host(node_list: str) -> str:
+    """The first host of a SLURM node list, as JAX's SLURM detection reads it.
+
+        first_slurm_host("node[007-015,020],gpu3")    # "node007"
+    """
+    head = re.match(r"[^,\[]*", node_list).group(0)
+    rest = node_list[len(head) :]
+    if rest.startswith("["):  # a bracketed range: its first number
+        return head + re.match(r"[^,\-\]]*", rest[1:]).group(0)
+    return head
+
+
+def slurm_coordinator_address(environ: Mapping[str, str] | None = None) -> str:
+    """host:port of process 0 of the current SLURM step: 127.0.0.1 when every task runs on one
+    node (so nothing listens beyond the node), else the step's first host."""
+    env = os.environ if environ is None else environ
+    port = env.get("JAX_COORDINATOR_PORT") or _SLURM_PORT_BASE + int(env["SLURM_JOB_ID"]) % 4096
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES")
+    node_list = env["SLURM_STEP_NODELIST"]
+    one_node = int(nodes) == 1 if nodes else not re.search(r"[,\[]", node_list)
+    return f"{'127.0.0.1' if one_node else first_slurm_host(node_list)}:{port}"
 
 
 def initialize(
@@ -81,8 +111,16 @@ def initialize(
             initialization_timeout=timeout_s,
         )
     elif under_slurm():
+        # given no bind address JAX would listen on [::], every interface of the node
+        coordinator = slurm_coordinator_address()
         jax.distributed.initialize(
-            coordinator_bind_address=bind_address, initialization_timeout=timeout_s
+            coordinator_address=coordinator,
+            num_processes=int(os.environ["SLURM_NTASKS"]),
+            process_id=int(os.environ["SLURM_PROCID"]),
+            coordinator_bind_address=bind_address
+            or os.environ.get("JAX_COORDINATOR_BIND_ADDRESS")
+            or coordinator,
+            initialization_timeout=timeout_s,
         )
     else:
         return False

@@ -124,7 +124,9 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+        # 4 significant digits; large values (a wall time of 12345.6 s) keep their integer
+        # part, and huge ones (lr=1e38) are written as 1e+38, not as 39 digits
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.6g}"
     return str(value)
 
 

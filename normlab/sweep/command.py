@@ -218,17 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     the CLI (same arguments and the same one-line errors as `normlab sweep|report`)."""
     import logging
 
-    from normlab.errors import NormlabError
+    from normlab.errors import debug_from_env, run_reporting_errors
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="normlab")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, NormlabError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_reporting_errors(lambda: args.func(args), debug=debug_from_env())
 
 
 if __name__ == "__main__":

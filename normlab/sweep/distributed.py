@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from normlab.errors import NormlabError
+from normlab.errors import debug_from_env, run_reporting_errors
 
 _PORT_BASE = 65536 - 4096  # the range JAX's own SLURM detection uses
 
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments {bad} (overrides look like --config.a.b=v)")
     if args.check is None and not (args.config and args.workdir):
         parser.error("give --config and --workdir (or --check DIR)")
-    try:
+
+    def command() -> int:
         initialize()
         if args.check is not None:
             print(json.dumps(check_job(args.check)))
@@ -114,11 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         apply_overrides(config, [e[len("--config.") :] for e in extra])
         summary = train(config, args.workdir, progress=False)
-    except (ValueError, FileNotFoundError, NormlabError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"finished step {summary['step']}/{summary['total_steps']}")
-    return 0
+        print(f"finished step {summary['step']}/{summary['total_steps']}")
+        return 0
+
+    return run_reporting_errors(command, debug=debug_from_env())
 
 
 if __name__ == "__main__":

@@ -29,7 +29,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from normlab.config import apply_overrides, load_config, load_module, split_spec
+from normlab.config import (
+    apply_overrides,
+    call_config_function,
+    load_config,
+    load_module,
+    split_spec,
+)
+from normlab.errors import NormlabError
+from normlab.jsonfile import read_json
 
 SWEEP_FILE = "sweep.json"
 _NAME_LIMIT = 120
@@ -112,7 +120,7 @@ def sweep_overrides(spec: str) -> list[dict[str, Any]]:
     def add(**overrides: Any) -> None:
         found.append({_key(k): v for k, v in overrides.items()})
 
-    sweep_fn(add, arg)
+    call_config_function(path, sweep_fn, add, arg)
     if not found:
         raise ValueError(f"sweep(add, arg) in {path!r} added no trial (arg={arg!r})")
     return found
@@ -208,14 +216,20 @@ class Sweep:
         path = directory / SWEEP_FILE
         if not path.is_file():
             raise ValueError(f"{path} does not exist: {directory} is not a sweep directory")
-        data = json.loads(path.read_text())
-        return cls(
-            directory,
-            data["config"],
-            [Trial.from_json(t) for t in data["trials"]],
-            data.get("submissions", []),
-            data.get("created_utc", ""),
-        )
+        data = read_json(path)
+        try:
+            return cls(
+                directory,
+                data["config"],
+                [Trial.from_json(t) for t in data["trials"]],
+                data.get("submissions", []),
+                data.get("created_utc", ""),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise NormlabError(
+                f"{path} is not a sweep record (bad or missing field {err}); rerun the "
+                "`normlab sweep` command with --config to rewrite it"
+            ) from None
 
     def save(self) -> None:
         """Writes sweep.json atomically (a reader never sees half a file)."""

@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": "mlp"})
     # optimization
     c.lr = 0.1
+    # a negative lr is gradient ascent: refused unless asked for (a sign typo trains silently)
+    c.allow_negative_lr = False
     c.optimizer = ml_collections.ConfigDict({"name": "sgd"})
     c.schedule = ml_collections.ConfigDict({"name": "constant", "warmup_steps": 0})
     c.clip = ml_collections.ConfigDict({"name": "none"})
