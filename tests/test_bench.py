@@ -2,7 +2,10 @@
 gradient of the fused GN/LN + PN path the benchmark made fast, vs a float64 NumPy reference."""
 
 import argparse
+import contextlib
+import io
 import json
+import math
 from statistics import NormalDist
 
 import jax
@@ -21,54 +24,130 @@ from normlab.bench.harness import (
 )
 from normlab.nn.proxy import GroupNormProxy, LayerNormProxy
 
-NORM_OP_FIELDS = {"norm", "fwd_ms", "fwd_bwd_ms", "fwd_ratio_to_batch", "fwd_bwd_ratio_to_batch"}
 PROVENANCE = {"command", "device", "time_utc", "git_revision", "load_before", "load_after"}
+# The quick model run's MLP, wide and batched enough that its matmuls dominate XLA's FLOP count.
+BATCH, IN, WIDTH, CLASSES = 64, 4 * 4 * 3, 64, 10
+MLP = f'{{"depth": 2, "width": {WIDTH}, "activation": "relu"}}'
 
 
 def _run(tmp_path, *argv):
+    """(the --json result, what was printed) of one benchmark run."""
     path = tmp_path / "out.json"
-    assert command.main([*argv, "--json", str(path)]) == 0
-    return json.loads(path.read_text())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert command.main([*argv, "--json", str(path)]) == 0
+    return json.loads(path.read_text()), out.getvalue()
 
 
-def test_quick_norm_ops_json(tmp_path):
-    result = _run(tmp_path, "--quick", "--norm-ops")
+@pytest.fixture(scope="module")
+def norm_ops_run(tmp_path_factory):
+    # the second shape has 4 channels: G = min(--groups, C) = 4 there
+    return _run(tmp_path_factory.mktemp("norm_ops"), "--quick", "--norm-ops",
+                "--shapes", "8x4x4x16,4x2x2x4")
+
+
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("models"), "--quick", "--norms", "batch,group+proxy",
+                "--peak-tflops", "2", "--batch-sizes", str(BATCH), "--model-kwargs", MLP)
+
+
+def _ordered(row, prefix):
+    """The spread fields are order statistics of the same samples: min ≤ p10 ≤ median ≤ p90."""
+    assert (row[f"{prefix}_min_ms"] <= row[f"{prefix}_p10_ms"] <= row[f"{prefix}_ms"]
+            <= row[f"{prefix}_p90_ms"])
+
+
+def test_quick_norm_ops_rows(norm_ops_run):
+    result, _ = norm_ops_run
     assert set(result) >= PROVENANCE
     rows = result["norm_ops"]
-    assert [r["norm"] for r in rows] == ["batch", "group", "group+proxy"]
+    norms = ["batch", "group", "group+proxy"]
+    assert [(r["shape"], r["norm"]) for r in rows] == [
+        (shape, norm) for shape in ([8, 4, 4, 16], [4, 2, 2, 4]) for norm in norms]
+    assert [r["norm_kwargs"].get("num_groups") for r in rows] == [None, 8, 8, None, 4, 4]
     for r in rows:
-        assert set(r) >= NORM_OP_FIELDS
-        assert r["shape"] == [8, 4, 4, 16] and r["dtype"] == "float32"
-        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
-        assert r["fwd_p10_ms"] <= r["fwd_ms"] <= r["fwd_p90_ms"]
-        assert r["fwd_ratio_to_batch"] > 0 and r["fwd_bwd_ratio_to_batch"] > 0
-    assert rows[0]["fwd_ratio_to_batch"] == rows[0]["fwd_bwd_ratio_to_batch"] == 1.0
-    assert rows[1]["norm_kwargs"] == {"num_groups": 8}
-    names = {t["target"] for t in result["targets"]}
-    assert names == {"group fwd+bwd / BN, worst shape", "group+proxy fwd+bwd / BN, worst shape"}
+        assert r["dtype"] == "float32" and r["activation"] == "relu"
+        _ordered(r, "fwd")
+        _ordered(r, "fwd_bwd")
+    for r in rows[::3]:  # BN's paired ratio to itself is exactly 1
+        assert r["fwd_ratio_to_batch"] == r["fwd_bwd_ratio_to_batch"] == 1.0
 
 
-def test_quick_models_json(tmp_path, capsys):
-    result = _run(tmp_path, "--quick", "--norms", "batch,group+proxy", "--peak-tflops", "2")
+def test_quick_norm_ops_summary_and_targets_follow_the_rows(norm_ops_run):
+    result, _ = norm_ops_run
+    rows = result["norm_ops"]
+    for entry in result["norm_ops_summary"]:
+        mine = [r for r in rows if r["norm"] == entry["norm"]]
+        assert entry["shapes"] == 2
+        for mode in ("fwd", "fwd_bwd"):
+            ratios = [r[f"{mode}_ratio_to_batch"] for r in mine]
+            assert entry[f"{mode}_ratio_geomean"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]))
+            assert entry[f"{mode}_ratio_max"] == max(ratios)
+    targets = {t["target"]: t for t in result["targets"]}
+    assert set(targets) == {"group fwd+bwd / BN, worst shape",
+                            "group+proxy fwd+bwd / BN, worst shape"}
+    for norm in ("group", "group+proxy"):
+        t = targets[f"{norm} fwd+bwd / BN, worst shape"]
+        worst = max(r["fwd_bwd_ratio_to_batch"] for r in rows if r["norm"] == norm)
+        assert t["measured"] == worst and t["threshold"] == 1.3
+        assert t["met"] == (worst <= 1.3)
+
+
+def test_quick_norm_ops_table_has_one_line_per_row(norm_ops_run):
+    result, out = norm_ops_run
+    lines = [line for line in out.splitlines() if line.startswith("| 8×4×4×16 ")
+             or line.startswith("| 4×2×2×4 ")]
+    assert len(lines) == len(result["norm_ops"])
+    for line, r in zip(lines, result["norm_ops"], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        kw = "".join(f", {k}={v}" for k, v in r["norm_kwargs"].items())
+        assert cells[1] == r["norm"] + kw
+        assert cells[2].startswith(f"{r['fwd_ms']:.3f} [")
+        assert cells[4].startswith(f"{r['fwd_bwd_ms']:.3f} [")
+        assert cells[5] == f"{r['fwd_bwd_ratio_to_batch']:.2f}×"
+
+
+def test_quick_models_rows(models_run):
+    result, out = models_run
     rows = result["models"]
     assert [r["norm"] for r in rows] == ["batch", "group+proxy"]
+    # the train step's matmuls, counted by hand: forward 2·B·I·O per Dense layer, backward
+    # 2·B·I·O for dW and 2·B·I·O for dx, except the first layer's dx (the input's gradient is
+    # never used); norms, activations and the optimizer add a few percent at this size
+    dims = [(IN, WIDTH), (WIDTH, WIDTH), (WIDTH, CLASSES)]
+    matmuls = sum(6 * BATCH * i * o for i, o in dims) - 2 * BATCH * IN * WIDTH
+    assert matmuls <= rows[0]["flops"] <= 1.25 * matmuls
+    assert rows[1]["flops"] > rows[0]["flops"]  # Proxy Norm adds its proxy's work to GN's
     for r in rows:
-        assert r["model"] == "mlp" and r["batch"] == 8 and r["dtype"] == "float32"
-        assert r["step_ms"] > 0 and r["compile_s"] > 0
-        assert r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3))
-        assert r["flops"] > 0  # XLA's count for the whole step
-        assert r["flops_per_s"] == pytest.approx(r["flops"] / (r["step_ms"] / 1e3))
+        assert r["model"] == "mlp" and r["batch"] == BATCH and r["dtype"] == "float32"
+        assert (r["step_min_ms"] <= r["step_p10_ms"] <= r["step_ms"] <= r["step_p90_ms"])
+        seconds = r["step_ms"] / 1e3
+        assert r["images_per_s"] == pytest.approx(BATCH / seconds)
+        assert r["flops_per_s"] == pytest.approx(r["flops"] / seconds)
         assert r["peak_flops_per_s"] == 2e12  # given: no matmul measured
-        assert r["utilization"] == pytest.approx(r["flops_per_s"] / 2e12)
-    assert rows[0]["ratio_to_batch"] == 1.0 and rows[1]["ratio_to_batch"] > 0
-    assert result["peak_flops"]["matmul"] == {}
+        assert r["utilization"] == pytest.approx(r["flops"] / seconds / 2e12)
+        assert f"| mlp | {r['norm']} | {BATCH} | float32 | {r['step_ms']:.1f} [" in out
+    assert rows[0]["ratio_to_batch"] == 1.0
+    assert result["peak_flops"] == {"given_tflops": 2.0, "per_dtype": {"float32": 2e12},
+                                    "matmul": {}}
+
+
+def test_quick_models_pipeline_and_targets(models_run):
+    result, out = models_run
     (pipe,) = result["pipeline"]
+    assert pipe["norm"] == "batch" and pipe["steps_per_call"] == 2
     for mode in ("device", "resident", "streamed"):
-        assert pipe[f"{mode}_step_ms"] > 0
-    assert pipe["resident_ratio"] > 0 and pipe["streamed_ratio"] > 0
-    assert {t["target"].split(",")[0] for t in result["targets"]} == {
-        "step GN+PN / BN", "resident input pipeline / on-device batch"}
-    assert "| mlp | group+proxy | 8 | float32 |" in capsys.readouterr().out
+        assert pipe[f"{mode}_step_p10_ms"] <= pipe[f"{mode}_step_ms"] <= pipe[f"{mode}_step_p90_ms"]
+    targets = {t["target"].split(",")[0]: t for t in result["targets"]}
+    assert set(targets) == {"step GN+PN / BN", "resident input pipeline / on-device batch"}
+    step, feed = targets["step GN+PN / BN"], targets["resident input pipeline / on-device batch"]
+    assert step["measured"] == result["models"][1]["ratio_to_batch"]
+    assert step["met"] == (step["measured"] <= step["threshold"] == 1.15)
+    assert feed["measured"] == pipe["resident_ratio"]
+    assert feed["met"] == (feed["measured"] <= feed["threshold"] == 1.05)
+    verdict = "MET" if feed["met"] else "NOT MET"
+    assert f"target {verdict}: {feed['target']} = {feed['measured']:.3f} (threshold 1.05)" in out
 
 
 def test_measured_peak_is_a_matmul():
