@@ -1,8 +1,16 @@
 """Orbax checkpoints of the train state, the fitted preprocessing and the data position.
 
 A checkpoint is written to a temporary directory and renamed when complete (orbax's atomic
-commit), so a run killed mid-save leaves the previous checkpoints intact. Restoring walks the
-checkpoints from newest to oldest and falls back, with a warning, past any it cannot read.
+commit), so a run killed mid-save leaves the previous checkpoints intact. Every saved array has
+a checksum in the checkpoint's metadata (`normlab.train.checksum`), checked after restoring, so
+a checkpoint whose bytes changed on disk is caught, not trained on. Checkpoints written before
+checksums existed restore without that check.
+
+Restoring walks the checkpoints from newest to oldest and falls back, with a warning, past any
+it cannot read (corrupt files, a checksum mismatch): those are moved to
+`workdir/unreadable_checkpoints/<step>_<unix time>` for inspection, of which the newest
+`KEEP_UNREADABLE` are kept. If none can be restored, nothing is moved and the error says
+whether they do not fit the config (other leaves, shapes or dtypes) or are corrupt.
 The data position is the step itself: the samplers are pure functions of the step.
 """
 
@@ -20,8 +28,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from normlab.errors import NormlabError
+from normlab.train import checksum
 
 log = logging.getLogger(__name__)
+
+KEEP_UNREADABLE = 3  # moved-aside checkpoints kept for inspection; older ones are deleted
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint is intact but does not fit this config (other leaves, shapes or dtypes)."""
+
+
+class CheckpointCorruptError(ValueError):
+    """The checkpoint's files cannot be read, or an array's checksum does not match."""
 
 
 class Checkpointer:
@@ -46,13 +65,21 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, preprocess: dict[str, np.ndarray], meta: dict) -> None:
-        """Writes one checkpoint (asynchronously; `wait()` blocks until it is on disk)."""
+        """Writes one checkpoint (asynchronously; `wait()` blocks until it is on disk).
+
+        The checksums are taken here, from the values handed to orbax, before the write starts.
+        """
+        preprocess = preprocess or {"empty": np.zeros(())}
+        sums = {
+            "state": checksum.tree_digests(state),
+            "preprocess": checksum.host_digests(preprocess),
+        }
         self._manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                preprocess=ocp.args.StandardSave(preprocess or {"empty": np.zeros(())}),
-                meta=ocp.args.JsonSave({**meta, "step": int(step)}),
+                preprocess=ocp.args.StandardSave(preprocess),
+                meta=ocp.args.JsonSave({**meta, "step": int(step), "checksums": sums}),
             ),
             force=True,
         )
@@ -66,58 +93,77 @@ class Checkpointer:
         (PCA flattens images): first the preprocessing and metadata, then the state into
         `make_abstract_state(preprocess, meta)` (shapes, dtypes and shardings to restore into).
         """
-        unreadable: list[int] = []
+        failed: dict[int, ValueError] = {}
         for step in reversed(self.steps()):
             try:
                 restored = self.restore(step, make_abstract_state)
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: try an older one
+                failed[step] = _classify(err)
                 log.warning(
                     "checkpoint at step %d is unreadable (%s); trying an older one",
                     step,
-                    f"{type(err).__name__}: {err}"[:300],
+                    str(failed[step])[:300],
                 )
-                unreadable.append(step)
                 continue
-            for bad in unreadable:
+            for bad in failed:  # out of the way of this run's own saves at those steps
                 log.warning("moved the unreadable checkpoint %d to %s", bad, self._move_aside(bad))
             return restored
-        if unreadable:
-            # None fits: more likely a changed config than corruption, so touch nothing.
-            raise NormlabError(
-                f"none of the checkpoints {sorted(unreadable)} in {self.directory} can be restored "
-                "into this config (a different model or optimizer?). Use a new --workdir, or "
-                "move the old checkpoints away: nothing was overwritten."
-            )
+        if failed:
+            # Nothing is moved: with no checkpoint left to fall back on, the user decides.
+            raise NormlabError(_none_restorable(self.directory, failed))
         return None
 
     def restore(
         self, step: int, make_abstract_state: Callable[[dict[str, np.ndarray], dict], Any]
     ) -> tuple[Any, dict[str, np.ndarray], dict]:
-        """The checkpoint at `step` as (state, preprocess arrays, meta) (see `restore_latest`);
-        orbax's error if it is missing or does not fit."""
+        """The checkpoint at `step` as (state, preprocess arrays, meta) (see `restore_latest`):
+        orbax's error if it is missing; `CheckpointMismatchError` if it does not fit the target,
+        `CheckpointCorruptError` if an array's checksum does not match."""
         head = self._manager.restore(
             step,
             args=ocp.args.Composite(
                 preprocess=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
             ),
         )
-        preprocess = {k: np.asarray(v) for k, v in head["preprocess"].items() if k != "empty"}
         meta = dict(head["meta"])
-        body = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(make_abstract_state(preprocess, meta))
-            ),
-        )
+        sums = meta.pop("checksums", None)  # None: saved before checksums existed
+        raw_preprocess = {k: np.asarray(v) for k, v in head["preprocess"].items()}
+        if sums is not None:
+            _verify(step, "preprocess", sums["preprocess"], checksum.host_digests(raw_preprocess))
+        preprocess = {k: v for k, v in raw_preprocess.items() if k != "empty"}
+        target = make_abstract_state(preprocess, meta)
+        if sums is not None:
+            why = checksum.layout_mismatch(sums["state"], checksum.tree_layout(target))
+            if why is not None:
+                raise CheckpointMismatchError(f"checkpoint {step} does not fit this config: {why}")
+        try:
+            body = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+        except Exception as err:
+            if sums is None:
+                raise  # no saved layout to tell a changed config from corruption: `_classify`
+            raise CheckpointCorruptError(
+                f"checkpoint {step} has the right layout but its files cannot be read "
+                f"({type(err).__name__}: {err})"
+            ) from err
+        if sums is not None:
+            _verify(step, "state", sums["state"], checksum.tree_digests(body["state"]))
         return body["state"], preprocess, meta
 
     def _move_aside(self, step: int) -> Path:
-        """Moves an unreadable checkpoint out of the way (kept for inspection, never deleted),
-        so the resumed run can write its own checkpoint at that step."""
-        aside = self.directory.parent / "unreadable_checkpoints" / f"{step}_{int(time.time())}"
+        """Moves an unreadable checkpoint out of the way (kept for inspection), so the resumed
+        run can write its own checkpoint at that step; keeps the newest `KEEP_UNREADABLE`."""
+        folder = self.directory.parent / "unreadable_checkpoints"
+        aside = folder / f"{step}_{int(time.time())}"
         if jax.process_index() == 0:
-            aside.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             shutil.move(self.directory / str(step), aside)
+            # mtime is the move's time (the rename touches the parent, not the moved folder)
+            # so order by the name's timestamp, then the step; ties keep the later step.
+            kept = sorted(folder.iterdir(), key=_aside_order)
+            for old in kept[:-KEEP_UNREADABLE]:
+                shutil.rmtree(old, ignore_errors=True)
         self._manager.reload()
         return aside
 
@@ -128,6 +174,61 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _aside_order(path: Path) -> tuple[int, int]:
+    step, _, moved = path.name.partition("_")
+    return (int(moved), int(step)) if step.isdigit() and moved.isdigit() else (-1, -1)
+
+
+def _verify(step: int, item: str, saved: dict[str, dict], restored: dict[str, dict]) -> None:
+    bad = checksum.mismatched(saved, restored)
+    if bad:
+        raise CheckpointCorruptError(
+            f"checkpoint {step} fails its checksum: {item} {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more arrays" if len(bad) > 3 else "")
+            + " changed on disk since it was saved"
+        )
+
+
+# orbax's words when a checkpoint written before checksums existed does not fit the target
+_MISMATCH_WORDS = ("Structure mismatch", "not compatible with the stored shape", "tree structure")
+
+
+def _classify(err: Exception) -> ValueError:
+    """`err` as a CheckpointMismatchError or a CheckpointCorruptError."""
+    if isinstance(err, CheckpointMismatchError | CheckpointCorruptError):
+        return err
+    text = f"{type(err).__name__}: {err}"
+    if any(words in text for words in _MISMATCH_WORDS):
+        return CheckpointMismatchError(text)
+    return CheckpointCorruptError(text)
+
+
+def _none_restorable(directory: Path, failed: dict[int, ValueError]) -> str:
+    """The one-line error when no checkpoint can be restored, saying why from what was seen."""
+    mismatch = sorted(s for s, e in failed.items() if isinstance(e, CheckpointMismatchError))
+    corrupt = sorted(s for s, e in failed.items() if isinstance(e, CheckpointCorruptError))
+    workdir = directory.parent
+    parts = []
+    if mismatch:
+        first = str(failed[mismatch[-1]])[:200]
+        parts.append(
+            f"checkpoints {mismatch} do not fit this config (a different model or optimizer "
+            f"than the one in {workdir / 'config.json'}; e.g. {first})"
+        )
+    if corrupt:
+        first = str(failed[corrupt[-1]])[:200]
+        parts.append(f"checkpoints {corrupt} are corrupt or unreadable (e.g. {first})")
+    advice = (
+        "rerun with the config that wrote them, or use a new --workdir"
+        if not corrupt
+        else f"move {directory} away (or use a new --workdir) to start over"
+    )
+    return (
+        f"no checkpoint in {directory} can be restored: {'; '.join(parts)}. To go on, {advice}; "
+        "nothing was moved or overwritten."
+    )
 
 
 def abstract_like(tree: Any) -> Any:

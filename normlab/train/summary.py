@@ -1,0 +1,61 @@
+"""`summary.json`: a run's final and best metrics, from its whole metrics history.
+
+Built from `workdir/metrics.jsonl` (every session's records: a resumed or rerun run keeps the
+records before its resume step), so a kill + resume or a rerun of a finished run gives the same
+summary as one uninterrupted run:
+
+    final[name] = the last logged (finite) value of every metric
+    best[name]  = the maximum over the history of every metric whose name ends in "accuracy"
+                  (only accuracies: a "best loss" would mix train and eval meanings)
+
+Wall time: `wall_seconds_this_session` (this call's `seconds`) and `wall_seconds_total`, this
+session plus every earlier session recorded in `workdir/sessions.json` (`MetricWriter`), killed
+ones included up to their last record. Sweep reports (`normlab.sweep.collect`) read these keys.
+
+    summary = summarize(workdir, step=200, total_steps=200, seconds=31.5)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from normlab.train.metrics import read_metrics, read_sessions
+from normlab.train.run_info import run_info
+
+
+def final_and_best(records: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """(final, best) of metric records `{"step": int, name: float | None}` (see module doc)."""
+    final: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for record in records:
+        for name, value in record.items():
+            if name == "step" or value is None:  # None: a non-finite value
+                continue
+            final[name] = value
+            if name.endswith("accuracy"):
+                best[name] = max(best.get(name, value), value)
+    return final, best
+
+
+def summarize(
+    workdir: str | Path, *, step: int, total_steps: int, seconds: float
+) -> dict[str, Any]:
+    """The summary of the run in `workdir` after a session that ended at `step` and took
+    `seconds`: finished, step, total_steps, final, best, wall times and provenance."""
+    workdir = Path(workdir)
+    has_metrics = (workdir / "metrics.jsonl").exists()  # absent on other hosts' disks
+    final, best = final_and_best(read_metrics(workdir) if has_metrics else [])
+    # The last recorded session is this one; its own `seconds` (from the start of train())
+    # also covers what happened before its metric writer opened.
+    earlier = sum(float(s["seconds"]) for s in read_sessions(workdir)[:-1])
+    return {
+        "finished": step >= total_steps,
+        "step": step,
+        "total_steps": total_steps,
+        "final": final,
+        "best": best,
+        "wall_seconds_this_session": seconds,
+        "wall_seconds_total": earlier + seconds,
+        **run_info(),
+    }
