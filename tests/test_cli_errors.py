@@ -168,6 +168,12 @@ def test_a_workdir_that_is_a_file(tmp_path, capsys):
     assert str(workdir) in line
 
 
+def test_a_workdir_that_cannot_be_created(capsys):
+    workdir = "/proc/normlab_test/w"  # /proc takes no new folders, not even from root
+    line = _error_line(capsys, _train(SMOKE, Path(workdir)))
+    assert workdir in line
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_workdir(tmp_path, capsys):
     workdir = tmp_path / "w"
