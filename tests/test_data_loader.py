@@ -1,12 +1,16 @@
 """Loading: `normlab data` commands, split slicing, digits, EpochSampler, the grain pipeline.
 
-MNIST is prepared once through `normlab data prepare mnist --from <shared datasets>` (env
-NORMLAB_SHARED_DATASETS overrides the folder); the grain tests use digits when it is absent.
+MNIST is prepared once per session through `normlab data prepare mnist --from <shared datasets>`
+(conftest's `mnist_tfds`; env NORMLAB_SHARED_DATASETS overrides the folder); the grain tests use
+digits when it is absent.
+
+The sampler is checked for the properties the training loop relies on, not against itself:
+every example at most once per epoch (exactly once without drop_remainder), batches a pure
+function of (seed, step) whatever was asked before, per-process slices disjoint and covering the
+global batch, a resumed run equal to the uninterrupted one from any step.
 """
 
 import argparse
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +18,6 @@ import pytest
 from normlab.data import command
 from normlab.data.datasets import dataset_info, load_arrays
 from normlab.data.loader import EpochSampler, TfdsSplit, grain_batches, open_split
-
-SHARED = Path(
-    os.environ.get(
-        "NORMLAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    )
-)
-HAVE_MNIST = (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file()
 
 
 def cli(argv):
@@ -30,48 +27,36 @@ def cli(argv):
     return args.func(args)
 
 
-@pytest.fixture(scope="module")
-def mnist_tfds(tmp_path_factory):
-    if not HAVE_MNIST:
-        pytest.skip(f"real archives not found in {SHARED}")
-    tfds_dir = tmp_path_factory.mktemp("tfds")
-    assert (
-        cli(["data", "prepare", "mnist", "--from", str(SHARED), "--tfds-dir", str(tfds_dir)]) == 0
-    )
-    return tfds_dir
-
-
-def test_prepare_and_info_commands(mnist_tfds, capsys, tmp_path):
+def test_prepare_and_info_commands(mnist_tfds, shared_datasets, capsys, tmp_path):
     assert (mnist_tfds / "normlab_mnist" / "1.0.0" / "dataset_info.json").is_file()
-    assert (
-        cli(["data", "info", "mnist", "--tfds-dir", str(mnist_tfds), "--data-dir", str(SHARED)])
-        == 0
-    )
+    info = ["data", "info", "mnist", "--tfds-dir", str(mnist_tfds)]
+    assert cli([*info, "--data-dir", str(shared_datasets)]) == 0
     out = capsys.readouterr().out
     assert "splits: train 60,000, test 10,000" in out
-    assert f"prepared: {mnist_tfds}" in out and str(SHARED / "mnist") in out
+    assert f"prepared: {mnist_tfds}" in out and str(shared_datasets / "mnist") in out
     # `info` on everything shows what is where and prepares nothing.
-    assert cli(["data", "info", "--tfds-dir", str(tmp_path), "--data-dir", str(SHARED)]) == 0
+    everything = ["data", "info", "--tfds-dir", str(tmp_path)]
+    assert cli([*everything, "--data-dir", str(shared_datasets)]) == 0
     out = capsys.readouterr().out
     assert "digits: 10 classes, images 8x8x1" in out and "cifar100:" in out
     assert "prepared: no" in out and "test_batch_first1000.npz" in out
     assert (
         cli(["data", "prepare", "mnist", "--from", str(tmp_path), "--tfds-dir", str(tmp_path)]) == 1
     )
-    assert "no complete set of mnist files" in capsys.readouterr().out
+    assert "no complete set of mnist files" in capsys.readouterr().err
 
 
 def test_split_slicing_follows_tfds(mnist_tfds):
-    x, y = load_arrays("mnist", "train", tfds_dir=mnist_tfds)
-    x_head, y_head = load_arrays("mnist", "train[:45000]", tfds_dir=mnist_tfds)
-    x_tail, y_tail = load_arrays("mnist", "train[45000:]", tfds_dir=mnist_tfds)
-    assert len(y_head) == 45_000 and len(y_tail) == 15_000
+    # the test split (10,000) holds every case the slicing has; train[45000:] its size only
+    x, y = load_arrays("mnist", "test", tfds_dir=mnist_tfds)
+    x_head, y_head = load_arrays("mnist", "test[:7500]", tfds_dir=mnist_tfds)
+    x_tail, y_tail = load_arrays("mnist", "test[7500:]", tfds_dir=mnist_tfds)
+    assert len(y_head) == 7_500 and len(y_tail) == 2_500
     np.testing.assert_array_equal(np.concatenate([x_head, x_tail]), x)
     np.testing.assert_array_equal(np.concatenate([y_head, y_tail]), y)
     _, y_pct = load_arrays("mnist", "test[90%:]", tfds_dir=mnist_tfds)
-    np.testing.assert_array_equal(
-        y_pct, load_arrays("mnist", "test", tfds_dir=mnist_tfds)[1][9000:]
-    )
+    np.testing.assert_array_equal(y_pct, y[9000:])
+    assert len(load_arrays("mnist", "train[45000:]", tfds_dir=mnist_tfds)[1]) == 15_000
 
 
 def test_batched_proto_parsing_matches_tfds_decoding(mnist_tfds):
@@ -105,35 +90,86 @@ def test_digits_splits_and_values():
         load_arrays("digits", "validation")
 
 
-def test_sampler_is_deterministic_and_reshuffles_each_epoch():
-    n, b = 103, 10
-    a, same = EpochSampler(n, b, seed=7), EpochSampler(n, b, seed=7)
-    assert a.steps_per_epoch == 10
-    for step in (0, 3, 9, 10, 25):
-        np.testing.assert_array_equal(a.batch_indices(step), same.batch_indices(step))
-    epochs = [np.concatenate([a.batch_indices(e * 10 + i) for i in range(10)]) for e in range(3)]
-    for order in epochs:
-        assert len(order) == 100 and len(np.unique(order)) == 100 and order.max() < n
+def _epoch(sampler, epoch):
+    """The concatenated batches of one epoch, in step order."""
+    n = sampler.steps_per_epoch
+    return np.concatenate([sampler.batch_indices(epoch * n + i) for i in range(n)])
+
+
+@pytest.mark.parametrize(("n", "b"), [(103, 10), (64, 8), (7, 7)])
+def test_sampler_every_example_once_per_epoch(n, b):
+    kept = EpochSampler(n, b, seed=7, drop_remainder=False)
+    dropped = EpochSampler(n, b, seed=7)
+    assert kept.steps_per_epoch == -(-n // b) and dropped.steps_per_epoch == n // b
+    for epoch in range(3):
+        # without drop_remainder an epoch is a permutation of the whole split...
+        np.testing.assert_array_equal(np.sort(_epoch(kept, epoch)), np.arange(n))
+        # ...with it, n // b full batches of distinct examples (the n mod b left out vary)
+        order = _epoch(dropped, epoch)
+        assert len(order) == (n // b) * b and len(np.unique(order)) == len(order)
+        assert order.min() >= 0 and order.max() < n
+        assert all(len(dropped.batch_indices(epoch * (n // b) + i)) == b for i in range(n // b))
+
+
+def test_sampler_shuffles_each_epoch_and_seed_differently():
+    a = EpochSampler(103, 10, seed=7)
+    epochs = [_epoch(a, e) for e in range(3)]
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
-    assert not np.array_equal(a.batch_indices(0), EpochSampler(n, b, seed=8).batch_indices(0))
-    ordered = EpochSampler(n, b, seed=7, shuffle=False, drop_remainder=False)
-    assert ordered.steps_per_epoch == 11
+    assert not np.array_equal(epochs[0], _epoch(EpochSampler(103, 10, seed=8), 0))
+    ordered = EpochSampler(103, 10, seed=7, shuffle=False, drop_remainder=False)
+    np.testing.assert_array_equal(_epoch(ordered, 0), np.arange(103))  # evaluation order
     np.testing.assert_array_equal(ordered.batch_indices(10), [100, 101, 102])
     np.testing.assert_array_equal(ordered.batch_indices(11), np.arange(10))
 
 
-def test_sampler_process_slices_tile_the_global_batch_and_resume():
-    n, b, p = 1000, 64, 4
-    procs = [EpochSampler(n, b, 3, process_index=i, process_count=p) for i in range(p)]
-    whole = EpochSampler(n, b, 3)
-    for step in (0, 1, 15, 16, 40):
-        local = [s.local_batch_indices(step) for s in procs]
-        assert all(len(x) == 16 for x in local)
-        np.testing.assert_array_equal(np.concatenate(local), whole.batch_indices(step))
-    run = [whole.batch_indices(s) for s in range(50)]
-    resumed = EpochSampler(n, b, 3)  # a restarted process that only knows the saved step
-    for s in range(30, 50):
-        np.testing.assert_array_equal(resumed.batch_indices(s), run[s])
+def test_sampler_positions_are_uniform():
+    # a uniform random permutation puts each example first with probability 1/n; over 4,000
+    # epochs the counts are Binomial(4000, 1/5): mean 800, sd 25.3, so ±130 is over 5 sd
+    n, epochs = 5, 4000
+    sampler = EpochSampler(n, 1, seed=3)
+    firsts = np.bincount([sampler.batch_indices(e * n)[0] for e in range(epochs)], minlength=n)
+    assert np.all(np.abs(firsts - epochs / n) < 130), firsts
+
+
+def test_sampler_is_a_pure_function_of_seed_and_step():
+    steps = np.random.default_rng(0).permutation(60)  # epochs visited out of order, back and forth
+    run = EpochSampler(103, 10, seed=7)
+    sequential = [run.batch_indices(s) for s in range(60)]
+    visited = EpochSampler(103, 10, seed=7)
+    for s in steps:
+        # one long-lived sampler (its epoch cache hit and missed) and a new one agree
+        np.testing.assert_array_equal(visited.batch_indices(int(s)), sequential[s])
+        np.testing.assert_array_equal(EpochSampler(103, 10, 7).batch_indices(int(s)),
+                                      sequential[s])
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_sampler_process_slices_are_disjoint_and_cover_the_batch(drop_remainder):
+    n, b = 100, 24
+    for p in (1, 2, 4, 8):
+        procs = [EpochSampler(n, b, 3, drop_remainder=drop_remainder, process_index=i,
+                              process_count=p) for i in range(p)]
+        whole = EpochSampler(n, b, 3, drop_remainder=drop_remainder)
+        for step in range(2 * whole.steps_per_epoch):  # every batch of 2 epochs, the last too
+            local = [s.local_batch_indices(step) for s in procs]
+            batch = whole.batch_indices(step)
+            sizes = [len(x) for x in local]
+            assert sum(sizes) == len(batch) and max(sizes) - min(sizes) <= 1
+            if len(batch) == b:
+                assert sizes == [b // p] * p
+            joined = np.concatenate(local)  # contiguous slices in process order
+            assert len(np.unique(joined)) == len(joined)  # disjoint
+            np.testing.assert_array_equal(joined, batch)  # covering, in the batch's order
+
+
+def test_sampler_resumes_at_any_step():
+    n, b = 50, 8
+    run = EpochSampler(n, b, 3)
+    uninterrupted = [run.batch_indices(s) for s in range(30)]
+    for start in range(30):
+        resumed = EpochSampler(n, b, 3)  # a restarted process that only knows the saved step
+        for s in range(start, 30):
+            np.testing.assert_array_equal(resumed.batch_indices(s), uninterrupted[s])
     tail = EpochSampler(
         10, 4, 0, shuffle=False, drop_remainder=False, process_index=1, process_count=2
     ).local_batch_indices(2)
@@ -166,9 +202,9 @@ def test_sampler_bad_step():
 
 
 @pytest.fixture(scope="module")
-def grain_dataset(request):
+def grain_dataset(request, shared_datasets):
     """(name, tfds_dir): MNIST through TFDS when the archives exist, else digits."""
-    if HAVE_MNIST:
+    if (shared_datasets / "mnist" / "train-images-idx3-ubyte.gz").is_file():
         return "mnist", request.getfixturevalue("mnist_tfds")
     return "digits", None
 
