@@ -24,17 +24,34 @@ PyTree = Any
 Mask = PyTree | Callable[[tuple, jax.Array], bool] | Callable[[PyTree], PyTree]
 
 
-def default_decay_mask(params: PyTree) -> PyTree:
-    """Pytree of bools, same structure as `params`: True for leaves with ndim ≥ 2.
+# The param names of weight matrices (flax's Dense/Conv "kernel", Embed "embedding"): the leaves
+# weight decay is for. Every other param of normlab is a per-unit or scalar one (biases, a norm's
+# scale γ and offset β, FRN's threshold τ and ε, EvoNorm's v, PReLU's slope, Proxy Norm's proxy
+# params, scaled WS's gain, Fixup/SkipInit scalars), whatever its shape in a given layout.
+DECAYED_PARAMS = frozenset({"kernel", "embedding"})
 
-    Kernels (dense (in, out), conv (k_h, k_w, c_in, c_out)) are decayed; biases and the scales and
-    offsets of norms (1-D, per channel) are not: shrinking a norm's scale γ towards 0 changes
-    what the layer can represent instead of regularizing it.
+
+def _leaf_name(path: tuple[Any, ...]) -> str | None:
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None))
+
+
+def default_decay_mask(params: PyTree) -> PyTree:
+    """Pytree of bools, same structure as `params`: True for the weight matrices (`DECAYED_PARAMS`).
+
+    Kernels (dense (in, out), conv (k_h, k_w, c_in, c_out)) and embeddings are decayed; biases,
+    the scales and offsets of norms and every other per-channel or scalar param are not:
+    shrinking a norm's scale γ towards 0 changes what the layer can represent instead of
+    regularizing it. Decided by each leaf's name, not its shape, so the mask is the same in every
+    layout of the params: the pipeline stacks a run of layers into (layers, C) norm scales, pmap
+    adds a device axis, and a shape rule would decay those.
 
         mask = default_decay_mask(variables["params"])
         optimizer = optax.adamw(1e-3, weight_decay=1e-4, mask=default_decay_mask)
     """
-    return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _leaf_name(path) in DECAYED_PARAMS, params
+    )
 
 
 def _num_required_args(fn: Callable) -> int:
