@@ -114,6 +114,13 @@ FIELD_CASES = [
         dict(model__norm="group", model__norm_kwargs={"num_grups": 2}),
         r"model.norm_kwargs: unknown option\(s\) num_grups; accepted: .*num_groups",
     ),
+    (
+        dict(eval_batchsize=100),
+        r"unknown field\(s\) eval_batchsize in config; valid: allow_negative_lr, augment, .*, "
+        r"eval_batch_size, .*, weight_decay$",
+    ),
+    (dict(weight_decay__l3=0.1), r"unknown field\(s\) l3 in weight_decay; valid: decoupled, l1, "),
+    (dict(mesh__pipe=2), r"unknown field\(s\) pipe in mesh; valid: data, model, stage"),
     (dict(evals={}), r"config.evals must name at least one split"),
     (dict(evals={"val/x": "test"}), r"metric prefix 'val/x' must be a name"),
     (dict(evals={"val": ""}), r"evals.val must name a split"),

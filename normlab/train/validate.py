@@ -35,6 +35,7 @@ from normlab.registry import (
     SCHEDULES,
     Registry,
 )
+from normlab.train.defaults import base_config
 from normlab.train.optim import build_clipping, build_schedule
 
 # model field -> (registry of its name, the model field holding that component's kwargs)
@@ -47,6 +48,7 @@ _MODEL_COMPONENTS: dict[str, tuple[Registry, str | None]] = {
 }
 INTERVALS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "diag_every_steps")
 BATCH_SIZES = ("batch_size", "eval_batch_size", "diag_batch_size")
+_FIXED_GROUPS = ("weight_decay", "init_from", "mesh", "pipeline")  # fields no option adds to
 CLIPPING = {"none": (), "norm": ("max_norm",), "agc": ("clipping", "eps")}
 
 
@@ -57,6 +59,7 @@ def model_kwargs(config: ConfigDict) -> dict:
 
 def validate(config: ConfigDict) -> None:
     """Raises ValueError on the first problem, naming the field and the valid choices."""
+    _check_fields(config)
     _check_durations(config)
     _check_sizes(config)
     _check_learning(config)
@@ -84,6 +87,20 @@ def _in_range(field: str, value: Any, low: float, high: float, *, high_open: boo
     if not ok:
         bracket = ")" if high_open else "]"
         raise ValueError(f"{field} must be a number in [{low:g}, {high:g}{bracket}, got {value!r}")
+
+
+def _check_fields(config: ConfigDict) -> None:
+    """Every field is one of base_config's (a typo in a config file is not silently unused)."""
+    base = base_config()
+    for group, fields in [("config", config), *((g, config[g]) for g in _FIXED_GROUPS)]:
+        valid = base if group == "config" else base[group]
+        if unknown := sorted(set(fields) - set(valid)):
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)} in {group}; valid: {', '.join(valid)}"
+            )
+    if not isinstance(config.allow_negative_lr, bool):
+        value = config.allow_negative_lr
+        raise ValueError(f"allow_negative_lr must be True or False, got {value!r}")
 
 
 def _check_durations(config: ConfigDict) -> None:
@@ -120,7 +137,7 @@ def _check_learning(config: ConfigDict) -> None:
     lr = config.lr
     if not _is_number(lr) or not math.isfinite(lr):
         raise ValueError(f"lr must be a finite number, got {lr!r}")
-    if lr < 0 and not config.get("allow_negative_lr", False):
+    if lr < 0 and not config.allow_negative_lr:
         raise ValueError(
             f"lr={lr} is negative (gradient ascent); set allow_negative_lr=True if that is meant"
         )
