@@ -50,8 +50,9 @@ def initialize(timeout_s: int = 300) -> dict[str, int]:
     """Joins this SLURM task to the job's JAX job (`normlab.parallel.distributed`); returns
     its layout.
 
-    On one node the coordinator is 127.0.0.1 and listens there only; across nodes JAX finds
-    the job's first node from SLURM's environment (which needs the task to run inside srun).
+    On one node the coordinator is 127.0.0.1 and listens there only; across nodes it is the
+    step's first node, listening on that host's address only (read from SLURM's environment,
+    which needs the task to run inside srun; `normlab.parallel.distributed`).
     """
     from normlab.parallel import distributed
 
