@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import ml_collections
 from ml_collections import config_dict
@@ -158,10 +158,14 @@ def call_config_function(path: str | Path, function: Callable, *args: Any) -> An
     try:
         return function(*args)
     except Exception as err:
-        located = _located(err, path, f"{getattr(function, '__name__', 'the call')}(...)")
-        if located is err:
-            raise
-        raise located from err
+        _raise_located(err, path, f"{getattr(function, '__name__', 'the call')}(...)")
+
+
+def _raise_located(err: Exception, path: str | Path, doing: str) -> NoReturn:
+    located = _located(err, path, doing)
+    if located is err:
+        raise err
+    raise located from err
 
 
 def load_module(path: str | Path) -> ModuleType:
@@ -187,7 +191,7 @@ def load_module(path: str | Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[name]
-        raise _located(err, path, "import") from err
+        _raise_located(err, path, "import")
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file {str(path)!r} defines no get_config(arg)")
     return module
