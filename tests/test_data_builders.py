@@ -5,6 +5,7 @@ The real archives are in ../shared/datasets beside the repository (override: env
 NORMLAB_SHARED_DATASETS); tests that need them are skipped when they are absent.
 """
 
+import ast
 import gzip
 import hashlib
 import io
@@ -405,3 +406,64 @@ def test_inconsistent_files_raise_value_errors(tmp_path):
             add_to_tar(tar, f"cifar-10-batches-bin/{b}.bin", bytes(3073 + 7))
     with pytest.raises(ValueError, match="not a multiple of 3073"):
         prepare("cifar10", source=cifar, tfds_dir=tmp_path / "tfds", verify=False, quiet=True)
+
+
+def _module_imports(path: Path) -> set[str]:
+    """The normlab.data modules `path` imports, anywhere (a deferred import inside a function
+    only hides a cycle)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normlab.data"):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("normlab.data")}
+    return found
+
+
+def test_no_import_cycle_in_normlab_data():
+    root = Path(__file__).resolve().parents[1]
+    modules = {}
+    for path in (root / "normlab" / "data").rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = {i for i in _module_imports(path) if i in modules}
+        # importing a.b.c runs a.b's __init__ first (unless it is this module's own package,
+        # already being imported)
+        parents = {t.rpartition(".")[0] for t in targets}
+        targets |= {p for p in parents if p in modules and not name.startswith(p + ".")}
+        graph[name] = targets - {name, "normlab.data"}
+    done: set[str] = set()
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        if module in stack:
+            cycle = [*stack[stack.index(module) :], module]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if module not in done:
+            stack.append(module)
+            for target in sorted(graph[module]):
+                visit(target)
+            stack.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    assert "normlab.data.datasets" in graph["normlab.data.loader"]  # the graph is not empty
+
+
+def test_the_catalog_is_the_one_table():
+    from normlab.data.builders import BUILDERS
+    from normlab.data.catalog import BUILT, CATALOG
+    from normlab.registry import DATASETS
+
+    assert set(DATASETS.names()) == set(CATALOG)
+    assert archives.ARCHIVE_DATASETS == BUILT == tuple(BUILDERS)
+    for name, cls in BUILDERS.items():
+        assert name == cls.DATASET and CATALOG[name].builder_cls() is cls
+        info = cls(data_dir="/nonexistent").info  # the TFDS features come from the catalog
+        assert tuple(info.features["image"].shape) == CATALOG[name].image_shape
+        assert info.features["label"].num_classes == CATALOG[name].num_classes
+        assert archives.layouts(name)  # every built data set has known original files
+    assert "digits" in CATALOG and "digits" not in BUILT

@@ -38,9 +38,11 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from normlab.data.catalog import BUILT, CATALOG
+
 log = logging.getLogger("normlab.data")
 
-ARCHIVE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+ARCHIVE_DATASETS = BUILT  # the data sets prepared from original files (`normlab.data.catalog`)
 
 _IDX_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -124,9 +126,10 @@ def _from_tfds(kind: str, files: tuple[str, ...], tfds_name: str) -> Layout:
 @functools.cache
 def layouts(name: str) -> tuple[Layout, ...]:
     """The accepted layouts of dataset `name`, in order of preference (first found is read)."""
-    if name in ("mnist", "fashion_mnist"):
+    family = CATALOG[name].archives if name in CATALOG else ""
+    if family == "idx":
         return (_from_tfds("idx", _IDX_FILES, name),)
-    if name in ("cifar10", "cifar100"):
+    if family == "cifar":
         stem, pickles = ("cifar-10", _CIFAR10_PICKLES)
         if name == "cifar100":
             stem, pickles = ("cifar-100", _CIFAR100_PICKLES)

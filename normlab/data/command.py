@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from normlab.data import archives, datasets
-from normlab.registry import DATASETS
+from normlab.data.catalog import BUILT, CATALOG
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         )
 
     prepare = sub.add_parser("prepare", help="build the TFDS data of a dataset from its files")
-    prepare.add_argument("name", help=f"one of {', '.join(archives.ARCHIVE_DATASETS)}")
+    prepare.add_argument("name", help=f"one of {', '.join(BUILT)}")
     prepare.add_argument(
         "--from",
         dest="source",
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    if args.name == "digits":
-        print("digits is bundled with scikit-learn: nothing to prepare")
+    if args.name in CATALOG and not CATALOG[args.name].builder:
+        print(f"{args.name} is {CATALOG[args.name].prepare}")
         return 0
     existing = datasets.prepared_dir(args.name, args.tfds_dir)
     if existing is not None and not args.force:
@@ -99,7 +99,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    names = [args.name] if args.name else DATASETS.names()
+    names = [args.name] if args.name else list(CATALOG)
     for name in names:
         _print_info(name, args.data_dir, args.tfds_dir)
     return 0
@@ -114,11 +114,11 @@ def _print_info(
     print("  splits: " + ", ".join(f"{s} {n:,}" for s, n in info.splits.items()))
     for split, what in info.partial_splits.items():
         print(f"  PARTIAL {split}: {what}")
-    if name == "digits":
-        print("  source: scikit-learn's bundled digits (no files needed)")
-        return
-    if name not in archives.ARCHIVE_DATASETS:
+    if name not in CATALOG:
         print(f"  prepared: {datasets.resolve_tfds_dir(tfds_dir)} (TFDS)")
+        return
+    print(f"  how to get it: {CATALOG[name].prepare}")
+    if not CATALOG[name].builder:
         return
     prepared = datasets.prepared_dir(name, tfds_dir)
     print(f"  prepared: {prepared or 'no (sizes above are the official ones)'}")

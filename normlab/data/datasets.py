@@ -1,4 +1,4 @@
-"""Datasets by name: `mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `digits`, or a TFDS name.
+"""Data sets by name: the names of `normlab.data.catalog.CATALOG`, or any prepared TFDS name.
 
 Where data lives:
 - original files ("archives"): the `data_dir` argument, else $NORMLAB_DATA_DIR, else
@@ -15,12 +15,12 @@ to 0..255 by round(v·255/16) (lossless) so every dataset is uint8 on the same s
 
     x_NHWC, y_N = load_arrays("mnist", "train[:55000]", data_dir="/work/shared/datasets")
     info = dataset_info("cifar10")       # info.partial_splits: {"test": "first 1,000 of ..."}
+    src = open_split("mnist", "test")    # random access: src.read(indices)
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import io
 import logging
@@ -34,6 +34,8 @@ import numpy as np
 
 from normlab.data import archives
 from normlab.data.archives import ChecksumError, DatasetNotFoundError, resolve_data_dir
+from normlab.data.catalog import BUILT, CATALOG, DatasetInfo
+from normlab.data.reader import ArraySplit, TfdsSplit
 from normlab.registry import DATASETS
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "digits_split",
     "ensure_prepared",
     "load_arrays",
+    "open_split",
     "prepare",
     "prepared_dir",
     "resolve_data_dir",
@@ -54,61 +57,7 @@ __all__ = [
 log = logging.getLogger("normlab.data")
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What a training run needs to know about a dataset, and what a report must say about it.
-
-    `splits` maps split name → number of examples; `partial_splits` maps the splits that hold
-    fewer examples than the official ones to a sentence saying so (print it in every report).
-    """
-
-    name: str
-    num_classes: int
-    image_shape: tuple[int | None, ...]
-    splits: dict[str, int]
-    partial_splits: dict[str, str] = dataclasses.field(default_factory=dict)
-    description: str = ""
-
-
-for _info in (
-    DatasetInfo(
-        "mnist",
-        10,
-        (28, 28, 1),
-        {"train": 60_000, "test": 10_000},
-        description="MNIST handwritten digits, official split and order.",
-    ),
-    DatasetInfo(
-        "fashion_mnist",
-        10,
-        (28, 28, 1),
-        {"train": 60_000, "test": 10_000},
-        description="Fashion-MNIST (Zalando), official split and order.",
-    ),
-    DatasetInfo(
-        "cifar10",
-        10,
-        (32, 32, 3),
-        {"train": 50_000, "test": 10_000},
-        description="CIFAR-10, official split and order (sizes of the full dataset; "
-        "the prepared data may have a partial test split: see dataset_info).",
-    ),
-    DatasetInfo(
-        "cifar100",
-        100,
-        (32, 32, 3),
-        {"train": 50_000, "test": 10_000},
-        description="CIFAR-100, fine labels (coarse labels as `coarse_label`).",
-    ),
-    DatasetInfo(
-        "digits",
-        10,
-        (8, 8, 1),
-        {"train": 1_500, "test": 297},
-        description="scikit-learn's 8x8 digits (UCI), train = first 1,500, test = last "
-        "297; pixels 0..16 mapped to 0..255 by round(v*255/16).",
-    ),
-):
+for _info in CATALOG.values():  # the registry's `dataset` names are the catalog's
     DATASETS.register(_info.name)(_info)
 
 
@@ -120,9 +69,8 @@ def resolve_tfds_dir(tfds_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _builder_cls(name: str):
-    from normlab.data.builders import BUILDERS
-
-    return BUILDERS.get(name)
+    info = CATALOG.get(name)
+    return info.builder_cls() if info is not None else None
 
 
 def prepared_dir(name: str, tfds_dir: str | os.PathLike | None = None) -> Path | None:
@@ -179,11 +127,11 @@ def prepare(
     cls = _builder_cls(name)
     if cls is None:
         raise ValueError(
-            f"prepare: normlab builds only {', '.join(archives.ARCHIVE_DATASETS)}, got {name!r}"
+            f"prepare: normlab builds only {', '.join(BUILT)}, got {name!r}; "
             + (
-                "; digits needs no preparation"
-                if name == "digits"
-                else "; prepare other TFDS datasets with TFDS itself (see dataset_info's error)"
+                f"{name} needs no preparation ({CATALOG[name].prepare})"
+                if name in CATALOG
+                else "prepare other TFDS datasets with TFDS itself (see dataset_info's error)"
             )
         )
     if source is not None:
@@ -236,7 +184,11 @@ def _missing_message(name: str, folder: Path, tfds_dir: str | os.PathLike | None
         f"      normlab data prepare {name}{tfds_arg}\n"
         f"  - or set NORMLAB_DATA_DIR to a folder holding one sub-folder per dataset "
         f"({name}/ with the files above), e.g. export NORMLAB_DATA_DIR=/work/shared/datasets\n"
-        "(`digits`, scikit-learn's 8x8 digits, needs no files.)"
+        + "".join(
+            f"(`{other}` needs no files: {info.prepare}.)"
+            for other, info in CATALOG.items()
+            if not info.builder
+        )
     )
 
 
@@ -310,16 +262,16 @@ def dataset_info(
 
         dataset_info("cifar10").partial_splits   # {"test": "first 1,000 of 10,000 ..."}
     """
-    if name == "digits":
-        return DATASETS.get("digits")
-    if _builder_cls(name) is None:
+    if name not in CATALOG:
         return _info_from_tfds(name, _tfds_builder(name, tfds_dir).info)
+    if not CATALOG[name].builder:
+        return CATALOG[name]
     folder = prepared_dir(name, tfds_dir)
     if folder is None and prepare:
         with contextlib.suppress(DatasetNotFoundError):
             folder = ensure_prepared(name, data_dir=data_dir, tfds_dir=tfds_dir)
     if folder is None:
-        return DATASETS.get(name)
+        return CATALOG[name]
     import tensorflow_datasets as tfds
 
     return _info_from_tfds(name, tfds.builder_from_directory(str(folder)).info)
@@ -344,7 +296,7 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
     images, labels = _digits()
-    n_train = DATASETS.get("digits").splits["train"]
+    n_train = CATALOG["digits"].splits["train"]
     bounds = {"train": (0, n_train), "test": (n_train, len(labels))}
     infos = {s: types.SimpleNamespace(num_examples=b - a) for s, (a, b) in bounds.items()}
     parts = [
@@ -377,6 +329,24 @@ def tfds_source(
     return tfds.builder_from_directory(str(folder)).as_data_source(split=split)
 
 
+def open_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tfds_dir: str | os.PathLike | None = None,
+) -> ArraySplit | TfdsSplit:
+    """Random access to `split` of `name`; TFDS split syntax ("train[:45000]", "train[90%:]").
+
+        src = open_split("mnist", "test")
+        batch = src.read(np.arange(128))    # {"image": (128, 28, 28, 1) uint8, "label": ...}
+    """
+    if name == "digits":
+        return ArraySplit(*digits_split(split))
+    source = tfds_source(name, split, data_dir=data_dir, tfds_dir=tfds_dir)
+    return TfdsSplit(source, fast=name in BUILT)
+
+
 def load_arrays(
     name: str,
     split: str,
@@ -390,8 +360,6 @@ def load_arrays(
 
         x_NHWC, y_N = load_arrays("cifar10", "train[45000:]")    # the last 5,000, official order
     """
-    from normlab.data.loader import open_split  # loader builds on this module
-
     src = open_split(name, split, data_dir=data_dir, tfds_dir=tfds_dir)
     batch = src.read(np.arange(len(src)))
     return batch["image"], batch["label"]

@@ -1,7 +1,8 @@
 """Batches as a pure function of the step: resumable, identical across restarts and process counts.
 
-`open_split(name, split)` gives random access to a split: `len(src)`, `src.read(indices)` →
-{"image": uint8 (n, H, W, C), "label": int32 (n,)}, one batched array_record lookup per call.
+`open_split(name, split)` (from `normlab.data.datasets`, re-exported here) gives random access to
+a split: `len(src)`, `src.read(indices)` → {"image": uint8 (n, H, W, C), "label": int32 (n,)},
+one batched array_record lookup per call (`normlab.data.reader`).
 
 `EpochSampler` says which examples form the global batch at step s:
 
@@ -33,105 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from normlab.data.archives import ARCHIVE_DATASETS
-from normlab.data.datasets import digits_split, tfds_source
+from normlab.data.datasets import open_split
+from normlab.data.reader import ArraySplit, TfdsSplit
 
-Example = dict[str, Any]
-_CHUNK = 1024  # records per batched read: faster than larger reads here, and bounds memory
-
-
-def _stack(examples: list[Example]) -> Example:
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-
-
-def _apply(batch: Example, transform: Callable[[Example], Example] | None) -> Example:
-    if transform is None:
-        return batch
-    n = len(batch["label"])
-    return _stack([transform({k: v[i] for k, v in batch.items()}) for i in range(n)])
-
-
-class ArraySplit:
-    """A split held in memory (digits): same interface as `TfdsSplit`."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def read(self, indices: np.ndarray, transform: Callable[[Example], Example] | None = None):
-        """{"image": uint8 (n, H, W, C), "label": int32 (n,)} of the examples at `indices`."""
-        indices = np.asarray(indices, np.int64)
-        return _apply({"image": self.images[indices], "label": self.labels[indices]}, transform)
-
-
-class TfdsSplit:
-    """Random access to a split through `tfds.data_source` (array_record, no TensorFlow).
-
-    For normlab's own builders, whose features are known (image: Tensor uint8 stored as raw
-    bytes, label: ClassLabel), records are read in batches and their tf.train.Example protos
-    parsed directly: 3-5× faster than TFDS's per-record decoding (MNIST train: ~0.6 s against
-    ~3 s here). Other datasets use TFDS's decoding.
-    """
-
-    def __init__(self, source: Any, fast: bool):
-        self.source = source
-        self.fast = fast
-        info = source.dataset_info
-        self.image_key, self.label_key = info.supervised_keys or ("image", "label")
-        self.image_shape = tuple(info.features[self.image_key].shape)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def read(self, indices: np.ndarray, transform: Callable[[Example], Example] | None = None):
-        """{"image": uint8 (n, H, W, C), "label": int32 (n,)} of the examples at `indices`.
-
-        `transform` maps each example dict before stacking (needed when images vary in shape).
-        """
-        indices = np.asarray(indices, np.int64)
-        if not self.fast:
-            examples = [
-                {"image": e[self.image_key], "label": np.int32(e[self.label_key])}
-                for e in self.source.__getitems__(indices.tolist())
-            ]
-            return _stack([transform(e) for e in examples] if transform else examples)
-        from tensorflow_datasets.proto import tf_example_pb2
-
-        images = np.empty((len(indices), *self.image_shape), np.uint8)
-        labels = np.empty(len(indices), np.int32)
-        proto = tf_example_pb2.Example()
-        for start in range(0, len(indices), _CHUNK):
-            chunk = indices[start : start + _CHUNK]
-            raw_images = []
-            for j, record in enumerate(self.source.data_source.__getitems__(chunk.tolist())):
-                proto.ParseFromString(record)
-                feature = proto.features.feature
-                raw_images.append(feature["image"].bytes_list.value[0])
-                labels[start + j] = feature["label"].int64_list.value[0]
-            images[start : start + len(chunk)] = np.frombuffer(
-                b"".join(raw_images), np.uint8
-            ).reshape(len(chunk), *self.image_shape)
-        return _apply({"image": images, "label": labels}, transform)
-
-
-def open_split(
-    name: str,
-    split: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    tfds_dir: str | os.PathLike | None = None,
-) -> ArraySplit | TfdsSplit:
-    """Random access to `split` of `name`; TFDS split syntax ("train[:45000]", "train[90%:]").
-
-        src = open_split("mnist", "test")
-        batch = src.read(np.arange(128))    # {"image": (128, 28, 28, 1) uint8, "label": ...}
-    """
-    if name == "digits":
-        return ArraySplit(*digits_split(split))
-    source = tfds_source(name, split, data_dir=data_dir, tfds_dir=tfds_dir)
-    return TfdsSplit(source, fast=name in ARCHIVE_DATASETS)
+__all__ = ["ArraySplit", "EpochSampler", "TfdsSplit", "grain_batches", "open_split"]
 
 
 def _check_int(owner: str, name: str, value: Any, low: int) -> None:

@@ -1,7 +1,8 @@
 """normlab's TFDS builders: the original archives → TFDS array_record files, with no TensorFlow.
 
 Builder names carry a `normlab_` prefix so they never clash with TFDS's own `mnist`, `cifar10`,
-...; the user-facing names are the keys of `BUILDERS`.
+...; the user-facing names are the keys of `BUILDERS`, the catalog's built data sets
+(`normlab.data.catalog`, which names each one's builder class).
 
     from normlab.data.builders import BUILDERS
     builder = BUILDERS["mnist"](data_dir="/tmp/tfds", file_format="array_record")
@@ -10,10 +11,9 @@ Builder names carry a `normlab_` prefix so they never clash with TFDS's own `mni
 from normlab.data.builders.base import NormlabBuilder
 from normlab.data.builders.cifar import NormlabCifar10, NormlabCifar100
 from normlab.data.builders.mnist import NormlabFashionMnist, NormlabMnist
+from normlab.data.catalog import BUILT, CATALOG
 
-BUILDERS: dict[str, type[NormlabBuilder]] = {
-    cls.DATASET: cls for cls in (NormlabMnist, NormlabFashionMnist, NormlabCifar10, NormlabCifar100)
-}
+BUILDERS: dict[str, type[NormlabBuilder]] = {name: CATALOG[name].builder_cls() for name in BUILT}
 
 __all__ = [
     "BUILDERS",

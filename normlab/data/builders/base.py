@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from normlab.data import archives
+from normlab.data.catalog import CATALOG
 
 
 class NormlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -43,10 +44,7 @@ class NormlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
         "1.0.0": "Built by normlab from the original files, without TensorFlow.",
     }
-    DATASET: ClassVar[str]  # the user-facing name ("mnist")
-    IMAGE_SHAPE: ClassVar[tuple[int, int, int]]
-    OFFICIAL_SPLITS: ClassVar[dict[str, int]]
-    NUM_CLASSES: ClassVar[int]
+    DATASET: ClassVar[str]  # the user-facing name ("mnist"): shape, classes, splits in CATALOG
     CLASS_NAMES: ClassVar[tuple[str, ...]] = ()  # empty: names come from the files, if at all
     DESCRIPTION: ClassVar[str]
     HOMEPAGE: ClassVar[str]
@@ -56,14 +54,15 @@ class NormlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {}
 
     def _info(self) -> tfds.core.DatasetInfo:
+        entry = CATALOG[self.DATASET]
         features = {
             "image": tfds.features.Tensor(
-                shape=self.IMAGE_SHAPE, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+                shape=entry.image_shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
             ),
             "label": (
                 tfds.features.ClassLabel(names=self.CLASS_NAMES)
                 if self.CLASS_NAMES
-                else tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)
+                else tfds.features.ClassLabel(num_classes=entry.num_classes)
             ),
             **self._extra_features(),
         }
@@ -99,7 +98,7 @@ class NormlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         arrays, leading = self._read_splits(folder, layout)
         partial = {}
         for split, columns in arrays.items():
-            n, official = len(columns["label"]), self.OFFICIAL_SPLITS[split]
+            n, official = len(columns["label"]), CATALOG[self.DATASET].splits[split]
             if n < official:
                 first = "first " if split in leading else ""
                 partial[split] = f"{first}{n:,} of {official:,} official {split} images"

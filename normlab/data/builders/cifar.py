@@ -94,9 +94,6 @@ class NormlabCifar10(NormlabBuilder):
 
     name = "normlab_cifar10"
     DATASET = "cifar10"
-    IMAGE_SHAPE = (32, 32, 3)
-    OFFICIAL_SPLITS = {"train": 50_000, "test": 10_000}
-    NUM_CLASSES = 10
     CLASS_NAMES = (
         "airplane",
         "automobile",
@@ -152,9 +149,6 @@ class NormlabCifar100(NormlabBuilder):
 
     name = "normlab_cifar100"
     DATASET = "cifar100"
-    IMAGE_SHAPE = (32, 32, 3)
-    OFFICIAL_SPLITS = {"train": 50_000, "test": 10_000}
-    NUM_CLASSES = 100
     DESCRIPTION = (
         "CIFAR-100 (Krizhevsky 2009): 32x32 colour images; `label` is the fine class (100), "
         "`coarse_label` the superclass (20)."

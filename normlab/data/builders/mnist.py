@@ -34,10 +34,6 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 class _IdxBuilder(NormlabBuilder, skip_registration=True):
-    IMAGE_SHAPE = (28, 28, 1)
-    OFFICIAL_SPLITS = {"train": 60_000, "test": 10_000}
-    NUM_CLASSES = 10
-
     def _read_splits(self, folder: Path, layout: archives.Layout):
         arrays = {}
         for split, prefix in (("train", "train"), ("test", "t10k")):
