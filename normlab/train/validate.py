@@ -26,7 +26,6 @@ from normlab.registry import (
     ACTIVATIONS,
     AUGMENTATIONS,
     CONVOLUTIONS,
-    DATASETS,
     INITIALIZERS,
     MODELS,
     NORMS,
@@ -213,7 +212,10 @@ def _check_model(config: ConfigDict) -> None:
 def _check_data(config: ConfigDict) -> None:
     from normlab.data.preprocess import make_preprocessor
 
-    DATASETS.get(config.dataset)
+    # the name itself is looked up when the data loads, before anything compiles: besides
+    # normlab's own data sets it may be any TFDS data set prepared in tfds_dir
+    if not isinstance(config.dataset, str) or not config.dataset:
+        raise ValueError(f"dataset must name a data set, e.g. 'mnist', got {config.dataset!r}")
     for name in ("data_dir", "tfds_dir"):
         if not isinstance(config[name], str):
             raise ValueError(f"{name} must be a path string ('' for the default), got "
