@@ -94,10 +94,11 @@ def test_two_processes_train_as_one_job(tmp_path):
     assert "process 0 of 2 ready" in log0 and "ready" not in log1  # process 0 logs alone
     assert first["train_loss"] == second["train_loss"]
 
-    # one process, 4 devices: the same run, then resume the 2-process job's checkpoint
-    single = _start(0, 1, 0, tmp_path / "one", 10, devices=4)
-    resume = _start(0, 1, 0, tmp_path / "two", 15, devices=4)
-    (reference, _), (resumed, log) = _finish(single), _finish(resume)
+    # one process, 4 devices: the same run, then resume the 2-process job's checkpoint; one
+    # after the other, so that the second loads the first's programs from the session's
+    # compilation cache (conftest) instead of compiling them again beside it
+    reference, _ = _finish(_start(0, 1, 0, tmp_path / "one", 10, devices=4))
+    resumed, log = _finish(_start(0, 1, 0, tmp_path / "two", 15, devices=4))
     assert "resumed from the checkpoint at step 10" in log and resumed["devices"] == 4
 
     np.testing.assert_allclose(first["train_loss"], reference["train_loss"], rtol=1e-6)
