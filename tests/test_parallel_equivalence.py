@@ -1,7 +1,7 @@
 """One device, 8-way data parallel (jit and pmap), 4×2 data × model and 2 data × 4 stages agree.
 
-A few SGD steps of the same MLP on the same batches, run through `ParallelPlan` exactly as the
-trainer runs them, must give the same losses and parameters to float32 tolerance, with BN
+A few SGD steps of the same MLP on the same batches, assembled by `build_run` exactly as the
+trainer assembles them, must give the same losses and parameters to float32 tolerance, with BN
 (global scope) and with GN + Proxy Norm. The parameters must really be sharded as configured,
 and the compiled step must contain the collectives each kind of parallelism needs.
 
@@ -17,20 +17,14 @@ distribution bug (a missing or doubled reduction, wrong BN statistics) moves the
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from normlab.models.mlp import MLP
-from normlab.parallel.plan import ParallelPlan
 from normlab.train.defaults import base_config
-from normlab.train.state import init_state
-from normlab.train.step import StepConfig
+from normlab.train.run import build_run
 
-BATCH, STEPS, N = 16, 3, 64
-TX, EXAMPLE = optax.sgd(0.1), np.zeros((1, 4, 4, 1), np.float32)
+BATCH, STEPS = 16, 3
 NORMS = {
     "batch": dict(norm="batch"),
     # groups of 8 channels: with 4-channel groups of a random 16-wide layer some group variances
@@ -46,12 +40,16 @@ MODES = {
 }
 
 
-def _data():
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(N, 4, 4, 1)).astype(np.float32)
-    labels = rng.integers(0, 10, N).astype(np.int32)
-    idx = np.stack([rng.permutation(N)[:BATCH] for _ in range(STEPS)]).astype(np.int32)
-    return images, labels, idx
+def _config(norm, mesh, mode="jit", microbatches=1):
+    """STEPS steps of plain SGD (lr 0.1) on the built-in digits, a 5-layer 16-wide ReLU MLP."""
+    c = base_config()
+    c.dataset, c.evals = "digits", {"eval": "test"}
+    c.model = {"name": "mlp", "depth": 5, "width": 16, "activation": "relu", **NORMS[norm]}
+    c.lr, c.batch_size, c.total_steps, c.steps_per_call = 0.1, BATCH, STEPS, STEPS
+    c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = STEPS
+    c.mesh, c.parallel_mode = {"data": 1, "model": 1, "stage": 1, **mesh}, mode
+    c.pipeline.microbatches = microbatches
+    return c
 
 
 _RUNS: dict = {}
@@ -68,10 +66,6 @@ def run(norm, mesh, mode="jit", devices=None, microbatches=1):
     return _RUNS[key]
 
 
-def _mlp(norm):
-    return MLP(num_classes=10, depth=5, width=16, activation="relu", **NORMS[norm])
-
-
 _INITS: dict = {}
 
 
@@ -79,31 +73,26 @@ def _initial_state(norm):
     """One initial state per norm, on the host, placed into every mode's layout (compiling
     each mode's own init would cost seconds each)."""
     if norm not in _INITS:
-        init = jax.jit(lambda: init_state(_mlp(norm), TX, jax.random.PRNGKey(0), EXAMPLE))
-        _INITS[norm] = jax.device_get(init())
+        one = build_run(_config(norm, {"data": 1}), jax.devices()[:1])
+        _INITS[norm] = jax.device_get(one.canonical())
     return _INITS[norm]
 
 
 def _run(norm, mesh, mode, devices, microbatches):
-    c = base_config()
-    c.batch_size, c.mesh, c.parallel_mode = BATCH, mesh, mode
-    c.pipeline.microbatches = microbatches
-    plan = ParallelPlan.from_config(c, jax.devices()[:devices] if devices else None)
-    model, run_model = plan.adapt_model(_mlp(norm))
-    state = plan.place(_initial_state(norm), model, run_model, EXAMPLE)
-    tx = TX
-    step_cfg = StepConfig(model=model, tx=tx, lr_fn=lambda s: 0.1, num_classes=10)
-    chunk = plan.chunk_fn(step_cfg, run_model, state)
-    images, labels, idx = _data()
-    args = (state, plan.put_train(images), plan.put_train(labels), jnp.asarray(idx))
+    """The run as `normlab train` builds it (`build_run`), from the shared initial state."""
+    config = _config(norm, mesh, mode, microbatches)
+    r = build_run(config, jax.devices()[:devices] if devices else None,
+                  initial=_initial_state(norm))
+    args = (r.state, *r.data.chunk_args(0, STEPS))
     hlo = ""
     if mode == "jit":
-        compiled = chunk.lower(*args).compile()
+        compiled = r.chunk.lower(*args).compile()
         hlo = compiled.as_text()
         state, metrics = compiled(*args)
     else:
-        state, metrics = chunk(*args)
-    return np.asarray(metrics["train_loss"]), plan.to_canonical(state, run_model), state, hlo
+        state, metrics = r.chunk(*args)
+    r.state = state
+    return np.asarray(metrics["train_loss"]), r.canonical(), state, hlo
 
 
 def _host(tree):
@@ -151,7 +140,7 @@ def test_tensor_parallel_shards_parameters_by_logical_axes():
     assert params["layer_01"]["norm_act"]["norm"]["bias"].sharding.spec == P(None)
     assert params["head"]["kernel"].sharding.spec == P("model", None)  # after 5 layers: mlp
     shard = params["layer_00"]["dense"]["kernel"].addressable_shards[0].data
-    assert shard.shape == (16, 8)  # (in, out / 2)
+    assert shard.shape == (64, 8)  # (in = 8×8 pixels, out / 2)
     # device (d, m) is d·2 + m: model groups {0,1},{2,3},..., data groups {0,2,4,6},{1,3,5,7}
     model_groups, data_groups = "{{0,1},{2,3},{4,5},{6,7}}", "{{0,2,4,6},{1,3,5,7}}"
     model_ops = set().union(*(_groups(hlo, op) for op in ("all-reduce", "all-gather",

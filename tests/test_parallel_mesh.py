@@ -27,6 +27,7 @@ from normlab.parallel.logical import (
 from normlab.parallel.mesh import build_mesh, resolve_axis_sizes
 from normlab.parallel.plan import ParallelPlan
 from normlab.train.defaults import base_config
+from normlab.train.state import init_state
 from normlab.train.validate import validate
 
 
@@ -96,13 +97,16 @@ def test_rules():
         logical_to_mesh(("embed", "mlp"), (("embed", "model"), ("mlp", "model")))
 
 
+def _init_fn(model, example_x):
+    return lambda: init_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), example_x)
+
+
 def test_a_rule_conflict_inside_a_parameter_is_an_error():
     rules = (("batch", "data"), ("embed", "model"), ("mlp", "model"), ("classes", None))
     plan = ParallelPlan.from_config(_config(mesh={"data": 4, "model": 2}, sharding_rules=rules))
     model, _ = plan.adapt_model(MLP(depth=2, width=8))
     with pytest.raises(ValueError, match=r"params/layer_00/dense/kernel: logical axes 'embed' and"):
-        plan.abstract_state(model, optax.sgd(0.1), jax.random.PRNGKey(0),
-                            np.zeros((1, 4)))
+        plan.abstract(_init_fn(model, np.zeros((1, 4))), model, np.zeros((1, 4)))
 
 
 def test_annotations_only_inside_their_contexts():
@@ -135,8 +139,8 @@ def test_tensor_parallel_resnet_shards_convs_and_matches_one_device():
                                  ("one", {"data": 1}, jax.devices()[:1])]:
         plan = ParallelPlan.from_config(_config(batch_size=8, mesh=sizes), devices)
         model, _ = plan.adapt_model(resnet)
-        abstract = plan.abstract_state(model, optax.sgd(0.1),
-                                       jax.random.PRNGKey(0), np.zeros((1, 6, 6, 3)))
+        example = np.zeros((1, 6, 6, 3))
+        abstract = plan.abstract(_init_fn(model, example), model, example)
         states[name] = abstract
     params = states["tp"].params
     block = params["layer_01"]

@@ -35,13 +35,10 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from normlab.config import load_config  # noqa: E402
-from normlab.data.loader import EpochSampler  # noqa: E402
-from normlab.parallel.plan import ParallelPlan  # noqa: E402
 from normlab.reports import (  # noqa: E402
     Report,
     RunResult,
@@ -51,10 +48,7 @@ from normlab.reports import (  # noqa: E402
     run_training,
 )
 from normlab.reports.experiment import parse_experiment_args  # noqa: E402
-from normlab.train import inputs  # noqa: E402
-from normlab.train.loop import build_model, build_tx  # noqa: E402
-from normlab.train.state import init_state  # noqa: E402
-from normlab.train.step import StepConfig  # noqa: E402
+from normlab.train.run import Run, build_run  # noqa: E402
 
 CONFIG = "configs/e11_distributed_bn.py"
 DEVICES = 8
@@ -86,48 +80,33 @@ AGREE_TOL = 1e-5  # tests/test_parallel_equivalence.py's float32 tolerance after
 
 
 class Setup:
-    """One config on one device layout, built as the trainer builds it, ready to step.
+    """One config on one device layout, assembled by `build_run` as the trainer assembles it,
+    ready to step.
 
     (A plain class: `load_experiment` runs this file outside `sys.modules`, where
     dataclasses cannot resolve postponed annotations.)
     """
 
-    def __init__(self, plan: ParallelPlan, run_model: Any, state: Any, chunk: Any,
-                 images: jax.Array, labels: jax.Array, sampler: EpochSampler):
-        self.plan, self.run_model, self.state, self.chunk = plan, run_model, state, chunk
-        self.images, self.labels, self.sampler = images, labels, sampler
+    def __init__(self, run: Run):
+        self.run = run
         self.step = 0
 
     def advance(self, steps: int) -> np.ndarray:
         """Runs `steps` steps (one jitted chunk); returns their training losses."""
-        idx = np.stack([self.sampler.batch_indices(s)
-                        for s in range(self.step, self.step + steps)]).astype(np.int32)
-        self.state, metrics = self.chunk(self.state, self.images, self.labels, jnp.asarray(idx))
+        metrics = self.run.train_chunk(self.step, steps)
         self.step += steps
-        return np.asarray(jax.device_get(metrics["train_loss"]), np.float64)
+        return np.asarray(metrics["train_loss"], np.float64)
 
     def canonical(self) -> dict[str, list[np.ndarray]]:
-        state = jax.device_get(self.plan.to_canonical(self.state, self.run_model))
+        state = jax.device_get(self.run.canonical())
         return {"params": [np.asarray(x) for x in jax.tree.leaves(state.params)],
                 "batch_stats": [np.asarray(x) for x in jax.tree.leaves(state.batch_stats)]}
 
 
-_DATA: dict = {}
-
-
-def _train_arrays(config: ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-    """The first `SUBSET` training images, preprocessed as the trainer does (fitted on the whole
-    split), once per data set. The checks need batches, not the data set: every setup holds its
-    copy on each of its devices, and 8 copies of all of Fashion-MNIST per setup fill the RAM."""
-    if config.dataset not in _DATA:
-        split, _ = inputs.load_splits(config)
-        x = inputs.to_float(split.images)
-        x = inputs.transform(inputs.fit_preprocessor(config, x), x[:SUBSET])
-        _DATA[config.dataset] = (x, split.labels[:SUBSET].astype(np.int32))
-    return _DATA[config.dataset]
-
-
 def _config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
+    """The config of one setup. The checks need batches, not the data set: every setup holds
+    its copy on each of its devices (8 copies of all of Fashion-MNIST per setup fill the RAM),
+    so it trains on the first `SUBSET` training images (preprocessing fitted on those)."""
     config = load_config(f"{CONFIG}:{spec}")
     for key, value in (overrides or {}).items():
         if key == "mesh":
@@ -136,24 +115,15 @@ def _config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
             config[key] = value
     if config.mesh.stage > 1 and not config.model.norm.startswith("batch"):
         config.pipeline.microbatches = 2  # batch-independent norms pipeline exactly with M > 1
+    if config.dataset != "digits":  # digits has fewer than SUBSET training images
+        config.train_split = f"train[:{SUBSET}]"
     return config
 
 
 def prepare(config: ConfigDict, num_devices: int, initial: Any = None) -> Setup:
     """`config` on the first `num_devices` devices, from the canonical state `initial` (host
-    arrays; a fresh init if None), with the trainer's model, optimizer and step."""
-    x, y = _train_arrays(config)
-    plan = ParallelPlan.from_config(config, jax.devices()[:num_devices])
-    model, run_model = plan.adapt_model(build_model(config, inputs.num_classes(config)))
-    tx, lr_fn = build_tx(config, config.total_steps)
-    if initial is None:
-        init = jax.jit(lambda: init_state(model, tx, jax.random.PRNGKey(config.seed), x[:1]))
-        initial = jax.device_get(init())
-    state = plan.place(initial, model, run_model, x[:1])
-    step_cfg = StepConfig(model=model, tx=tx, lr_fn=lr_fn, num_classes=inputs.num_classes(config))
-    return Setup(plan, run_model, state, plan.chunk_fn(step_cfg, run_model, state),
-                 plan.put_train(x), plan.put_train(y),
-                 EpochSampler(len(x), config.batch_size, config.seed))
+    arrays; the config's own init if None)."""
+    return Setup(build_run(config, jax.devices()[:num_devices], initial=initial))
 
 
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -173,8 +143,7 @@ def agreement(
         reference = prepare(_config(ref_spec + tiny_arg, LAYOUTS["1 device"][0]), 1)
         if setting == settings[0]:
             setups[setting, "1 device"] = reference
-        initial = jax.device_get(reference.plan.to_canonical(reference.state,
-                                                             reference.run_model))
+        initial = jax.device_get(reference.run.canonical())
         ref_losses, ref_states = [], []
         for _ in range(chunks):
             ref_losses.append(reference.advance(chunk))
@@ -206,7 +175,7 @@ def agreement(
                                     None),
                 "loss": [float(losses[: chunk * (k + 1)].max()) for k in range(chunks)],
                 "params": params, "batch_stats": stats,
-                "microbatches": setup.plan.microbatches,
+                "microbatches": setup.run.plan.microbatches,
             }
     return results, setups
 

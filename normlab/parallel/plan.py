@@ -21,10 +21,14 @@ rules, or replicated) used by checkpoints, evaluation and diagnostics, so a chec
 on any mesh; and the run layout the step works on (`to_run` / `to_canonical`): the same for
 jit, stacked runs sharded over `stage` for the pipeline, one copy per device for pmap.
 
+The plan knows devices and layouts, not training: it takes the functions it places and compiles
+(`init_fn` makes a canonical state, a pytree with a `params` field; `build_body` makes a chunk
+of train steps, `normlab.train.step.chunk_body`) and never imports `normlab.train`.
+
     plan = ParallelPlan.from_config(config)
     model, run_model = plan.adapt_model(MODELS.build(...))
-    state = plan.init_state(model, run_model, tx, rng, example_x)
-    chunk = plan.chunk_fn(step_cfg, run_model, state)
+    state = plan.init(lambda: init_state(model, tx, rng, example_x), model, run_model, example_x)
+    chunk = plan.jit_chunk(chunk_body(step_cfg), run_model, state)
     state, metrics = chunk(state, plan.put_train(images), plan.put_train(labels), idx_KB)
 """
 
@@ -40,7 +44,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
@@ -54,10 +57,13 @@ from normlab.parallel.logical import (
 )
 from normlab.parallel.mesh import batch_sharded, build_mesh, replicated
 from normlab.parallel.pipeline import PipelinedModel
-from normlab.train.state import TrainState, init_state
-from normlab.train.step import StepConfig, train_chunk_from_batches, train_chunk_from_indices
 
 MODES = ("jit", "pmap")
+
+# `build_body(model, batch_sharding, axis_name) -> body(state, *batch_args) -> (state, metrics)`:
+# a chunk of train steps for the model the step runs, with the batch sharding to constrain to
+# (jit) or the mapped axis to average over (pmap).
+ChunkBuilder = Callable[[Any, Any, "str | None"], Callable[..., tuple[Any, Any]]]
 
 
 def _dict_tail(path: tuple) -> tuple:
@@ -164,9 +170,7 @@ class ParallelPlan:
         return model, model
 
     # ------------------------------------------------------------------ state
-    def canonical_shardings(
-        self, model: nn.Module, abstract: TrainState, example_x: np.ndarray
-    ) -> Any:
+    def canonical_shardings(self, model: nn.Module, abstract: Any, example_x: np.ndarray) -> Any:
         """Shardings of the canonical state: parameters (and the optimizer's copies of them)
         by their logical axes and the rules in jit mode; everything else replicated."""
         if self.mode != "jit" or self.pipelined:
@@ -200,40 +204,25 @@ class ParallelPlan:
 
         return jax.tree_util.tree_map_with_path(sharding, abstract)
 
-    def abstract_state(
-        self,
-        model: nn.Module,
-        tx: optax.GradientTransformation,
-        rng: jax.Array,
-        example_x: np.ndarray,
-    ) -> TrainState:
-        """ShapeDtypeStructs (with canonical shardings) of the canonical state: what to
-        restore a checkpoint into."""
-        shapes = jax.eval_shape(lambda: init_state(model, tx, rng, example_x))
+    def abstract(self, init_fn: Callable[[], Any], model: nn.Module, example_x: np.ndarray) -> Any:
+        """ShapeDtypeStructs (with canonical shardings) of the canonical state `init_fn()`
+        makes: what to restore a checkpoint into."""
+        shapes = jax.eval_shape(init_fn)
         shardings = self.canonical_shardings(model, shapes, example_x)
         return jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
         )
 
-    def init_state(
-        self,
-        model: nn.Module,
-        run_model: Any,
-        tx: optax.GradientTransformation,
-        rng: jax.Array,
-        example_x: np.ndarray,
-    ) -> TrainState:
-        """A fresh state in the run layout, initialized directly into its shardings."""
-        abstract = self.abstract_state(model, tx, rng, example_x)
-        state = jax.jit(
-            lambda: init_state(model, tx, rng, example_x),
-            out_shardings=jax.tree.map(lambda s: s.sharding, abstract),
-        )()
+    def init(
+        self, init_fn: Callable[[], Any], model: nn.Module, run_model: Any, example_x: np.ndarray
+    ) -> Any:
+        """The state `init_fn()` makes, in the run layout, initialized directly into its
+        shardings (never whole on one device)."""
+        abstract = self.abstract(init_fn, model, example_x)
+        state = jax.jit(init_fn, out_shardings=jax.tree.map(lambda s: s.sharding, abstract))()
         return self.to_run(state, run_model)
 
-    def place(
-        self, state: TrainState, model: nn.Module, run_model: Any, example_x: np.ndarray
-    ) -> TrainState:
+    def place(self, state: Any, model: nn.Module, run_model: Any, example_x: np.ndarray) -> Any:
         """A canonical state from elsewhere (host arrays, another mesh) in this plan's
         shardings and run layout."""
         abstract = jax.eval_shape(lambda: state)
@@ -251,7 +240,7 @@ class ParallelPlan:
             return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), specs)
         return jax.tree.map(lambda x: x.sharding, state)
 
-    def to_run(self, state: TrainState, run_model: Any) -> TrainState:
+    def to_run(self, state: Any, run_model: Any) -> Any:
         """Canonical layout → run layout."""
         if self.pipelined:
             stacked = jax.eval_shape(run_model.stack, state)
@@ -266,7 +255,7 @@ class ParallelPlan:
             return copies(state)
         return state
 
-    def to_canonical(self, state: TrainState, run_model: Any) -> TrainState:
+    def to_canonical(self, state: Any, run_model: Any) -> Any:
         """Run layout → canonical layout (for checkpoints, evaluation and diagnostics)."""
         if self.pipelined:
             return jax.jit(run_model.unstack, out_shardings=replicated(self.mesh))(state)
@@ -293,17 +282,16 @@ class ParallelPlan:
         shape = (*idx_KB.shape, *array.shape[1:])
         return jax.make_array_from_callback(shape, sharding, lambda index: array[idx_KB[index[:2]]])
 
-    def chunk_fn(
-        self, step_cfg: StepConfig, run_model: Any, state: TrainState, *, from_batches: bool = False
-    ) -> Callable:
-        """`chunk(state, images, labels, idx_KB) -> (state, metrics of each step)` (or, with
-        `from_batches`, `chunk(state, x_KB, labels_KB)` on `host_batches`)."""
+    def jit_chunk(self, build_body: ChunkBuilder, run_model: Any, state: Any) -> Callable:
+        """The compiled chunk of `build_body` for this mode, state donated.
+
+        jit: `chunk(state, *batch_args)` with the arguments of the body (the device-resident
+        `images, labels, idx_KB` or the streamed `x_KB, labels_KB`). pmap: `chunk(state, images,
+        labels, idx_KB)` only (one process, device-resident data).
+        """
         if self.mode == "pmap":
-            return self._pmap_chunk(step_cfg, run_model)
-        cfg = dataclasses.replace(
-            step_cfg, model=run_model, batch_sharding=batch_sharded(self.mesh)
-        )
-        body = train_chunk_from_batches if from_batches else train_chunk_from_indices
+            return self._pmap_chunk(build_body(run_model, None, "data"))
+        body = build_body(run_model, batch_sharded(self.mesh), None)
 
         def chunk(*args):
             context = (
@@ -312,7 +300,7 @@ class ParallelPlan:
                 else activation_sharding(self.mesh, self.rules)
             )
             with context:
-                return body(cfg, *args)
+                return body(*args)
 
         return jax.jit(
             chunk,
@@ -320,12 +308,10 @@ class ParallelPlan:
             out_shardings=(self.run_shardings(state, run_model), replicated(self.mesh)),
         )
 
-    def _pmap_chunk(self, step_cfg: StepConfig, run_model: Any) -> Callable:
-        cfg = dataclasses.replace(step_cfg, model=run_model, batch_sharding=None,
-                                  axis_name="data")
+    def _pmap_chunk(self, body: Callable) -> Callable:
         n = self.data_size
         mapped = jax.pmap(
-            lambda *args: train_chunk_from_indices(cfg, *args),
+            body,
             axis_name="data",
             devices=list(np.asarray(self.mesh.devices).reshape(-1)),
             donate_argnums=0,

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from normlab.data.datasets import load_arrays
-from normlab.train import inputs
-from normlab.train.loop import make_evaluator
 from normlab.train.saved import load_saved
 
 
@@ -20,23 +14,10 @@ def evaluate_workdir(
     workdir = Path(workdir)
     if not (workdir / "config.json").exists():
         raise ValueError(f"{workdir} has no config.json: is it a normlab workdir?")
-    saved = load_saved(workdir)
-    config = saved.config
-    named = {s: s for s in splits} if splits else dict(config.evals)
-    evaluate = make_evaluator(saved.model)
+    run = load_saved(workdir).run
+    named = {s: s for s in splits} if splits else dict(run.config.evals)
     results = {}
     for prefix, split in named.items():
-        images, labels = load_arrays(
-            config.dataset,
-            split,
-            data_dir=config.data_dir or None,
-            tfds_dir=config.tfds_dir or None,
-        )
-        x = inputs.transform(saved.preprocessor, inputs.to_float(images, config.pad_to))
-        results[prefix] = evaluate(
-            saved.state,
-            jax.numpy.asarray(x),
-            jax.numpy.asarray(labels, np.int32),
-            config.eval_batch_size,
-        )
+        record = run.evaluate({prefix: split})
+        results[prefix] = {name[len(prefix) + 1 :]: value for name, value in record.items()}
     return results

@@ -2,8 +2,8 @@
 
 A saved model is named by a path: a workdir (its newest readable checkpoint), or one saved
 state in it, `<workdir>/checkpoints/<step>` or `<workdir>/snapshots/<step>` (a member of a
-snapshot ensemble, see `normlab.train.optim.snapshot`). The state is restored replicated on this
-machine's devices, whatever mesh it was trained on.
+snapshot ensemble, see `normlab.train.optim.snapshot`). It is restored by `build_run` on one
+device, whatever mesh it was trained on.
 
     saved = load_saved("runs/bn")                                # newest checkpoint
     members = [load_saved(p) for p in snapshot_paths("runs/snapshot")]
@@ -24,11 +24,10 @@ import ml_collections
 import numpy as np
 
 from normlab.data.preprocess import Preprocessor
-from normlab.parallel.mesh import build_mesh, replicated
 from normlab.train import inputs
-from normlab.train.build import build_model, build_tx
-from normlab.train.checkpoint import Checkpointer
-from normlab.train.state import TrainState, init_state
+from normlab.train.defaults import base_config
+from normlab.train.run import Run, build_run
+from normlab.train.state import TrainState
 
 FOLDERS = ("checkpoints", "snapshots")
 
@@ -46,6 +45,7 @@ class SavedModel:
     preprocessor: Preprocessor
     preprocess_arrays: dict[str, np.ndarray]
     meta: dict[str, Any]
+    run: Run  # the run it was restored by (on one device): evaluation, data, preprocessing
 
 
 def _locate(path: Path) -> tuple[Path, str, int | None]:
@@ -63,6 +63,31 @@ def _locate(path: Path) -> tuple[Path, str, int | None]:
     )
 
 
+def saved_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config a run was trained with (its config.json), on top of today's defaults so that
+    a run saved before a field existed reads it at its default."""
+    path = workdir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    config = base_config()
+    for key, value in saved.items():
+        config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return config
+
+
+def _on_one_device(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` on a 1-device mesh: reading a saved model needs none of its training layout
+    (checkpoints hold the canonical layout, which restores on any mesh)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh = {"data": 1, "model": 1, "stage": 1}
+    config.parallel_mode = "jit"
+    config.pipeline.microbatches = 1
+    config.bn_scope, config.ghost_batch_size, config.bn_groups = "global", 0, 0
+    return config
+
+
 def load_saved(path: str | Path) -> SavedModel:
     """Restores the saved model at `path` (a workdir or `<workdir>/<checkpoints|snapshots>/<step>`).
 
@@ -73,51 +98,25 @@ def load_saved(path: str | Path) -> SavedModel:
     """
     path = Path(path)
     workdir, folder, step = _locate(path)
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config = saved_config(workdir)
     if not (workdir / folder).is_dir():
         raise ValueError(f"{workdir} has no {folder} (no folder {workdir / folder})")
-    model = build_model(config, inputs.num_classes(config))
-    # The optimizer only shapes the restored tree; the run length does not matter here.
-    tx, _ = build_tx(config, total_steps=10**9)
-    mesh = build_mesh({"data": -1})
-    found: dict[str, Any] = {}
-
-    def target(pre_arrays: dict[str, np.ndarray], meta: dict) -> Any:
-        found["preprocessor"] = inputs.join_state(pre_arrays, meta["preprocess"])
-        shape = (1, *meta["input_shape"])
-        shapes = jax.eval_shape(
-            lambda: init_state(model, tx, jax.random.PRNGKey(0), np.zeros(shape, np.float32))
-        )
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes
-        )
-
-    checkpointer = Checkpointer(workdir, max_to_keep=None, folder=folder)
-    try:
-        if step is None:
-            restored = checkpointer.restore_latest(target)
-            if restored is None:
-                raise ValueError(f"{workdir} has no readable checkpoint in {workdir / folder}")
-        else:
-            if step not in checkpointer.steps():
-                raise ValueError(
-                    f"{workdir / folder} holds no complete state at step {step}; "
-                    f"saved steps: {checkpointer.steps()}"
-                )
-            restored = checkpointer.restore(step, target)
-    finally:
-        checkpointer.close()
-    state, pre_arrays, meta = restored
+    run = build_run(
+        _on_one_device(config), jax.devices()[:1], workdir, folder=folder, step=step,
+        must_restore=True,
+    )
+    run.checkpointer.close()
     return SavedModel(
         path=path,
         workdir=workdir,
-        step=int(meta["step"]),
+        step=run.start_step,
         config=config,
-        model=model,
-        state=state,
-        preprocessor=found["preprocessor"],
-        preprocess_arrays=pre_arrays,
-        meta=meta,
+        model=run.model,
+        state=run.canonical(),
+        preprocessor=run.preprocessor,
+        preprocess_arrays=inputs.split_state(run.preprocessor)[0],
+        meta=run.restored_meta,
+        run=run,
     )
 
 

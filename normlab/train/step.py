@@ -13,6 +13,7 @@ with explicit `pmean`s, and each device folds its index into the step's randomne
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +169,22 @@ def train_chunk_from_batches(
         return train_step(cfg, state, *batch)
 
     return _scan_steps(body, state, (x_KB, labels_KB))
+
+
+def chunk_body(cfg: StepConfig, *, from_batches: bool = False) -> Callable:
+    """What `ParallelPlan.jit_chunk` compiles: `build(model, batch_sharding, axis_name)` gives
+    the chunk function of `cfg` for the model the step runs (e.g. a pipelined one), on
+    device-resident data (`chunk(state, images, labels, idx_KB)`) or, with `from_batches`, on
+    assembled batches (`chunk(state, x_KB, labels_KB)`)."""
+    chunk = train_chunk_from_batches if from_batches else train_chunk_from_indices
+
+    def build(model: Any, batch_sharding: Any, axis_name: str | None) -> Callable:
+        run_cfg = dataclasses.replace(
+            cfg, model=model, batch_sharding=batch_sharding, axis_name=axis_name
+        )
+        return lambda *args: chunk(run_cfg, *args)
+
+    return build
 
 
 def eval_step(

@@ -1,0 +1,215 @@
+"""The periodic work of a training loop, as small named hooks (levanter's / big_vision's style).
+
+After every chunk of steps the loop makes a `Tick` and calls each hook in order; a hook decides
+from the tick whether it is due (`tick.due(every)`: a multiple of `every`, or the run's last
+step). Hooks that measure add to `tick.record`, which `WriteMetrics` then writes as one line of
+metrics.jsonl, so a step's train, eval and diagnostic metrics stay together.
+
+    hooks = default_hooks(run, workdir, progress=True, is_main=True)
+    tick = Tick(step, final=step == run.total_steps, stopping=False, metrics=chunk_metrics)
+    for hook in hooks:
+        hook(run, tick)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normlab.errors import NonFiniteLossError
+from normlab.train.checkpoint import Checkpointer
+from normlab.train.metrics import MetricWriter, Progress
+from normlab.train.run import SNAPSHOTS, Run
+
+
+@dataclass
+class Tick:
+    """Where the loop stands after a chunk: its last step and that chunk's per-step metrics."""
+
+    step: int
+    final: bool  # the run's last step
+    stopping: bool  # SIGINT / SIGTERM arrived: save and leave
+    metrics: dict[str, np.ndarray]  # this chunk's metrics, one value per step
+    record: dict[str, float] = field(default_factory=dict)  # this step's metrics.jsonl line
+
+    def due(self, every: int) -> bool:
+        """A multiple of `every` (0 = never), or the run's last step."""
+        return self.final or (every > 0 and self.step % every == 0)
+
+
+class Hook:
+    """Base of the hooks: called after every chunk; `close()` when the loop ends (any way)."""
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flushes what the hook holds (files, asynchronous saves)."""
+
+
+class LogTrainMetrics(Hook):
+    """Means of the step metrics since the last log line, the lr, and the throughput."""
+
+    def __init__(self, every: int, batch_size: int):
+        self.every, self.batch_size = every, batch_size
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._since = time.perf_counter()
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        self._pending.append(tick.metrics)
+        if not tick.due(self.every):
+            return
+        merged = {
+            name: np.concatenate([np.atleast_1d(m[name]) for m in self._pending])
+            for name in self._pending[0]
+        }
+        tick.record.update({name: float(np.mean(v)) for name, v in merged.items()})
+        tick.record["lr"] = float(merged["lr"][-1])
+        now = time.perf_counter()
+        tick.record["steps_per_s"] = len(merged["lr"]) / max(now - self._since, 1e-9)
+        tick.record["examples_per_s"] = tick.record["steps_per_s"] * self.batch_size
+        self._since = now
+        self._pending.clear()
+
+
+class Evaluate(Hook):
+    """`<prefix>_loss` / `<prefix>_accuracy` on every eval split of the config."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        if tick.due(self.every):
+            tick.record.update(run.evaluate())
+
+
+class Diagnose(Hook):
+    """Per-layer pre-activation statistics every `every` steps (not forced at the end)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        if self.every and tick.step % self.every == 0:
+            tick.record.update(run.diagnostics())
+
+
+class WriteMetrics(Hook):
+    """Writes the tick's record (if any) to metrics.jsonl and TensorBoard."""
+
+    def __init__(self, writer: MetricWriter):
+        self.writer = writer
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        if tick.record:
+            self.writer.write(tick.step, tick.record)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@jax.jit
+def _all_finite(params, batch_stats) -> jax.Array:
+    leaves = jax.tree.leaves((params, batch_stats))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_saveable(run: Run, step: int, checkpointer: Checkpointer) -> None:
+    """NonFiniteLossError unless the state about to be saved is finite: the loss of a step is
+    that of the parameters *before* its update, so an update can diverge while every loss
+    the loop saw was finite; a checkpoint called "last good" must really be good."""
+    state = run.canonical()
+    if not bool(_all_finite(state.params, state.batch_stats)):
+        raise NonFiniteLossError(
+            f"the parameters or statistics became non-finite by step {step} (the losses were "
+            f"still finite); stopped without saving. {_last_good(checkpointer)}"
+        )
+
+
+def _last_good(checkpointer: Checkpointer) -> str:
+    checkpointer.wait()
+    steps = checkpointer.steps()
+    if not steps:
+        return "No checkpoint was saved yet."
+    return f"The last good checkpoint (step {steps[-1]}) is kept in {checkpointer.directory}."
+
+
+def raise_if_diverged(run: Run, first_step: int, metrics: dict[str, np.ndarray]) -> None:
+    """NonFiniteLossError naming the first step of the chunk whose loss is not finite."""
+    finite = np.isfinite(metrics["train_loss"])
+    if np.all(finite):
+        return
+    bad = int(np.argmin(finite))
+    where = _last_good(run.checkpointer) if run.checkpointer is not None else ""
+    raise NonFiniteLossError(
+        f"non-finite training loss ({metrics['train_loss'][bad]}) at step {first_step + bad + 1};"
+        f" stopped. {where}"
+    )
+
+
+class SaveSnapshots(Hook):
+    """With the snapshot schedule: each cycle's final state under workdir/snapshots/<step>."""
+
+    def __init__(self, workdir: Path):
+        self.snapshots = Checkpointer(workdir, max_to_keep=None, folder=SNAPSHOTS)
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        if tick.step in run.snapshots_at and tick.step not in self.snapshots.steps():
+            check_saveable(run, tick.step, self.snapshots)
+            run.save(tick.step, self.snapshots)
+
+    def close(self) -> None:
+        self.snapshots.close()
+
+
+class SaveCheckpoints(Hook):
+    """Every `every` steps, at the end, and when stopping (unless this step is saved)."""
+
+    def __init__(self, every: int, checkpointer: Checkpointer):
+        self.every, self.checkpointer = every, checkpointer
+        steps = checkpointer.steps()
+        self.last_saved = steps[-1] if steps else None
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        if tick.due(self.every) or (tick.stopping and self.last_saved != tick.step):
+            check_saveable(run, tick.step, self.checkpointer)
+            run.save(tick.step, self.checkpointer)
+            self.last_saved = tick.step
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+class ShowProgress(Hook):
+    """The progress line on stderr: step, throughput, ETA and the last loss."""
+
+    def __init__(self, run: Run, enabled: bool):
+        self.bar = Progress(run.total_steps, run.start_step, run.config.batch_size, enabled)
+
+    def __call__(self, run: Run, tick: Tick) -> None:
+        self.bar.update(tick.step, f"loss {float(tick.metrics['train_loss'][-1]):.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def default_hooks(run: Run, workdir: Path, *, progress: bool, is_main: bool) -> list[Hook]:
+    """The hooks of `normlab train`, in the order they run after each chunk: measure (train
+    metrics, eval, diagnostics), write the record, then save (snapshot, checkpoint)."""
+    config = run.config
+    hooks: list[Hook] = [
+        LogTrainMetrics(config.log_every_steps, config.batch_size),
+        Evaluate(config.eval_every_steps),
+        Diagnose(config.diag_every_steps),
+        WriteMetrics(MetricWriter(workdir, enabled=is_main, resume_step=run.start_step + 1)),
+    ]
+    if run.snapshots_at:
+        hooks.append(SaveSnapshots(workdir))
+    hooks.append(SaveCheckpoints(config.checkpoint_every_steps, run.checkpointer))
+    hooks.append(ShowProgress(run, progress and is_main))
+    return hooks
