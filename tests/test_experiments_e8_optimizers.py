@@ -1,32 +1,97 @@
-"""E8 tiny (digits, 300 steps): SGD, momentum and Adam at their default learning rates all
-train the net to similar accuracy, and a cosine decay stops the late fluctuation of the test
-accuracy that a constant learning rate keeps."""
+"""E8: every optimizer name of configs/e8_optimizers.py is the algorithm the report says (three
+updates against float64 references written from the update rules), and the tiny run (digits,
+300 steps): SGD, momentum and Adam follow different trajectories and all train; a cosine decay
+stops the late fluctuation of the test accuracy that the constant lr keeps."""
 
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
+from normlab.config import load_config
 from normlab.reports.experiment import load_experiment
+from normlab.train.build import build_tx
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets"
+LR, MU, WD = 0.01, 0.9, 0.1  # the config's momentum and AdamW decay
+
+
+def reference_updates(opt: str, w: np.ndarray, grads: list[np.ndarray]) -> list[np.ndarray]:
+    """The parameter updates of `opt` for gradients g_1..g_T at weights w (float64, from the
+    update rules in the E8 report; the weights move by each update)."""
+    m = v = np.zeros_like(w)
+    s = np.full_like(w, 0.1) if opt == "adagrad" else np.zeros_like(w)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        if opt == "sgd":
+            u = -LR * g
+        elif opt in ("momentum", "nesterov"):
+            v = MU * v + g
+            u = -LR * (g + MU * v if opt == "nesterov" else v)
+        elif opt == "adagrad":
+            s = s + g**2
+            u = -LR * g / np.sqrt(s + 1e-7)
+        elif opt == "rmsprop":
+            s = 0.9 * s + 0.1 * g**2
+            u = -LR * g / np.sqrt(s + 1e-8)
+        else:  # adam, adamw: bias-corrected moments
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
+            direction = (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            u = -LR * (direction + (WD * w if opt == "adamw" else 0.0))
+        w = w + u
+        out.append(u)
+    return out
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
+                                 "adamw"])
+def test_e8_optimizer_is_the_named_algorithm(opt, rng):
+    config = load_config(f"{REPO}/configs/e8_optimizers.py:opt={opt},lr={LR}")
+    tx, _ = build_tx(config, config.total_steps)
+    w = rng.standard_normal((4, 3))
+    grads = [rng.standard_normal((4, 3)) for _ in range(3)]
+    params = {"dense": {"kernel": np.float32(w)}}
+    state = tx.init(params)
+    expected = reference_updates(opt, w, grads)
+    for g, want in zip(grads, expected, strict=True):
+        updates, state = tx.update({"dense": {"kernel": np.float32(g)}}, state, params)
+        got = np.asarray(updates["dense"]["kernel"], np.float64)
+        # float32 rounding, relative to the size of the updates (~lr: AdamW's direction and
+        # decay can cancel in one entry)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5 * LR, err_msg=opt)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    if opt == "adam":  # the first Adam step moves every weight by lr·sign(g)
+        np.testing.assert_allclose(expected[0], -LR * np.sign(grads[0]), rtol=1e-6)
 
 
 @pytest.mark.slow
-def test_e8_tiny_optimizers_train_and_cosine_settles(tmp_path, monkeypatch):
+def test_e8_tiny_optimizers_differ_and_cosine_settles(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_DATA_DIR", str(DATA))
     monkeypatch.setenv("NORMLAB_TFDS_DIR", str(tmp_path / "tfds"))
     out = tmp_path / "e8"
-    results = load_experiment("e8_optimizers").main(["--tiny", "--out", str(out)])
+    e8 = load_experiment("e8_optimizers")
+    results = e8.main(["--tiny", "--out", str(out)])
     opts = results["optimizers"]
     assert set(opts) == {"sgd", "momentum", "adam"}
-    finals = [k["mean_test_accuracy"] for k in opts.values()]
-    assert min(finals) > 0.85 and max(finals) - min(finals) < 0.05  # chance is 0.1
-    assert all(k["median_steps_to"]["0.85"] is not None for k in opts.values())
+    assert {o: k["lr"] for o, k in opts.items()} == {"sgd": 0.1, "momentum": 0.01, "adam": 1e-3}
+    # all three train the net (chance is 0.1) along different paths
+    assert all(k["final_test_accuracy"][0] > 0.85 for k in opts.values())
+    curves = {o: np.asarray(k["test_accuracy"]) for o, k in opts.items()}
+    for a, b in (("sgd", "momentum"), ("sgd", "adam"), ("momentum", "adam")):
+        assert np.max(np.abs(curves[a] - curves[b])) > 0.01, (a, b)
+
     constant, cosine = results["schedules"]["constant"], results["schedules"]["cosine"]
     assert constant["lr"] == cosine["lr"] == results["lr_star"]["momentum"]
-    # the lr decays to 0: the last quarter's evaluations barely move, the constant lr's do
-    assert cosine["late_std"] < 0.5 * constant["late_std"]
+    # the lr decays to 0: the last quarter's test accuracy barely moves, the constant lr's still
+    # does (a lower final loss, the full run's other finding, needs more than 300 steps here:
+    # at 300 the decayed lr has simply trained less)
+    assert cosine["late_std"][0] < 0.5 * constant["late_std"][0]
+
     text = (out / "report.md").read_text()
     assert "## Schedules" in text and "| git revision |" in text
+    assert "| a decaying lr stops the late fluctuation of the test accuracy |" in text
+    assert "| 1 | preliminary: reproduced |" in text  # one seed: never more than preliminary
     for name in ("optimizers.png", "schedules.png", "lr_grid.png", "results.json"):
         assert (out / name).exists()

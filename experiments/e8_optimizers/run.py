@@ -12,11 +12,11 @@ validation accuracy (5,000 held-out training images) sits at an end of the rungs
 next rung beyond it is run too (at most `MAX_EXTEND` times). The best rung is that optimizer's
 lr*. Each schedule runs SGD + momentum at its lr* and at the next rung up (a decay tolerates a
 larger start) and keeps the better on validation. The learning rates are chosen on seed 0; the
-chosen settings are rerun with seeds 1 and 2 (`SEEDS`) for the tables' mean ± std.
+chosen settings are rerun with seeds 1 and 2 (`SEEDS`) for the tables' mean ± 95% CI.
 
     python experiments/e8_optimizers/run.py            # 56 runs of 4,000 steps, ~12 min CPU
     python experiments/e8_optimizers/run.py --reuse    # rewrite the report from finished runs
-    python experiments/e8_optimizers/run.py --tiny --out /tmp/e8    # digits, seconds
+    python experiments/e8_optimizers/run.py --tiny --out /tmp/e8    # digits, 4 runs, seconds
 """
 
 from __future__ import annotations
@@ -27,8 +27,23 @@ from typing import Any
 import numpy as np
 
 from normlab.config import load_config
-from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
-from normlab.reports import steps_to_reach as reach
+from normlab.reports import (
+    Report,
+    RunResult,
+    Verdict,
+    best_metric,
+    choose_lr,
+    describe_runs,
+    final_metric,
+    fmt_mean_ci,
+    new_figure,
+    plot_curves,
+    run_training,
+    steps_to_reach_across,
+    summarize,
+    verdict_table,
+    welch_test,
+)
 from normlab.reports.experiment import parse_experiment_args
 
 CONFIG = "configs/e8_optimizers.py"
@@ -41,8 +56,12 @@ SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
 THRESHOLDS = (0.85, 0.88)
 SEEDS = (0, 1, 2)
 LATE = 0.25  # "late": the last quarter of the steps
+# tiny: each optimizer at its default lr alone, one seed, constant vs cosine
 TINY = {"optimizers": ("sgd", "momentum", "adam"), "thresholds": (0.85, 0.9),
+        "schedules": ("constant", "cosine"), "seeds": (0,), "search": (0, 1),
         "arg": ",dataset=digits,steps=300,batch=32,eval_every=20"}
+FULL = {"optimizers": tuple(DEFAULT_LR), "thresholds": THRESHOLDS, "schedules": SCHEDULES,
+        "seeds": SEEDS, "search": (MAX_EXTEND, 3), "arg": ""}
 
 
 class Study:
@@ -60,9 +79,8 @@ class Study:
         return self.runs[name]
 
 
-def _val(run: RunResult) -> float:
-    """Final validation accuracy; 0 for a diverged run."""
-    return 0.0 if run.diverged else (run.final("val_accuracy") or 0.0)
+def _val(run: RunResult) -> float | None:
+    return final_metric(run, "val_accuracy")
 
 
 def tune(
@@ -73,54 +91,51 @@ def tune(
     i = LADDER.index(DEFAULT_LR[opt])
     tried = {lr: study.run(opt, lr) for lr in LADDER[max(i - rungs // 2, 0): i + rungs // 2 + 1]}
     for _ in range(max_extend):
-        best = max(sorted(tried), key=lambda lr: _val(tried[lr]))
-        j = LADDER.index(best)
+        j = LADDER.index(best := choose_lr(tried, "val_accuracy"))
         edge = (j - 1 if best == min(tried) else j + 1 if best == max(tried) else None)
         if edge is None or not 0 <= edge < len(LADDER):
             break
         tried[LADDER[edge]] = study.run(opt, LADDER[edge])
     tried = dict(sorted(tried.items()))
-    return max(tried, key=lambda lr: _val(tried[lr])), tried
+    return choose_lr(tried, "val_accuracy"), tried
 
 
-def _steps_to(run: RunResult, threshold: float) -> int | None:
+def late_std(run: RunResult) -> float:
+    """Std of the test accuracy over the evaluations of the last `LATE` of the steps: how much
+    it still fluctuates at the end."""
     steps, acc = run.series("test_accuracy")
-    return reach(steps, acc, threshold)
+    return float(np.std(acc[steps >= (1 - LATE) * steps.max()]))
 
 
-def _median_steps(hits: list[int | None]) -> float | None:
-    """Median over seeds of the steps to a threshold (a seed that never reaches it counts as
-    infinitely many; None if the median is)."""
-    median = float(np.median([np.inf if h is None else h for h in hits]))
-    return None if np.isinf(median) else median
-
-
-def _numbers(runs: list[RunResult], lr: float, thresholds) -> dict[str, Any]:
-    """The numbers behind a table row: per seed, and their mean / median."""
-    finals = [0.0 if r.diverged else r.final("test_accuracy") for r in runs]
-    losses = [r.final("train_loss") for r in runs]
-    steps = {str(t): [_steps_to(r, t) for r in runs] for t in thresholds}
+def numbers(runs: list[RunResult], lr: float, thresholds: Sequence[float]) -> dict[str, Any]:
+    """The numbers behind a table row, per seed (seed order), and the steps to each threshold
+    over the seeds (median, bootstrap CI)."""
     steps0, acc0 = runs[0].series("test_accuracy")
-    late = [a[s >= (1 - LATE) * s.max()] for s, a in (r.series("test_accuracy") for r in runs)]
-    return {"lr": lr, "seeds": len(runs), "final_test_accuracy": finals,
-            "mean_test_accuracy": float(np.mean(finals)), "std_test_accuracy": float(
-                np.std(finals, ddof=1)) if len(runs) > 1 else 0.0,
-            "mean_best_test_accuracy": float(np.mean([max(r.series("test_accuracy")[1],
-                                                          default=0.0) for r in runs])),
-            "final_train_loss": losses, "mean_train_loss": float(np.mean(losses)),
-            "steps_to": steps, "late_std": float(np.mean([np.std(a) for a in late])),
-            "median_steps_to": {t: _median_steps(h) for t, h in steps.items()},
+    reach = {str(t): steps_to_reach_across(runs, "test_accuracy", t) for t in thresholds}
+    return {"lr": lr, "seeds": len(runs),
+            "final_test_accuracy": [final_metric(r, "test_accuracy") for r in runs],
+            "best_test_accuracy": [best_metric(r, "test_accuracy") for r in runs],
+            "final_train_loss": [final_metric(r, "train_loss") for r in runs],
+            "late_std": [late_std(r) for r in runs],
+            "median_steps_to": {t: vars(s) for t, s in reach.items()},
             "final_val_accuracy": _val(runs[0]), "steps": steps0.tolist(),
             "test_accuracy": acc0.tolist(), "diverged": [r.diverged for r in runs],
             "seconds": runs[0].seconds}
 
 
+def _steps_cell(s: dict[str, Any]) -> str:
+    if s["reached"] == 0:
+        return f"never (0 of {s['n']})"
+    hi = "∞" if np.isinf(s["high"]) else f"{s['high']:.0f}"
+    return f"{s['median']:.0f} [{s['low']:.0f}, {hi}]" + (
+        f" ({s['reached']} of {s['n']})" if s["reached"] < s["n"] else "")
+
+
 def _row(label: str, k: dict[str, Any], thresholds) -> list[Any]:
-    return [label, f"{k['lr']:g}",
-            f"{k['mean_test_accuracy']:.4f} ± {k['std_test_accuracy']:.4f}",
-            k["mean_best_test_accuracy"], k["mean_train_loss"], k["late_std"],
-            *(" / ".join("—" if h is None else str(h) for h in k["steps_to"][str(t)])
-              for t in thresholds),
+    return [label, f"{k['lr']:g}", fmt_mean_ci(k["final_test_accuracy"], ".4f", show_n=False),
+            _mean(k["best_test_accuracy"]), _mean(k["final_train_loss"]),
+            _mean(k["late_std"]), *(_steps_cell(k["median_steps_to"][str(t)])
+                                      for t in thresholds),
             f"{k['seconds']:.0f}" if k["seconds"] else None]
 
 
@@ -141,26 +156,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs E8 and writes the report; returns the key numbers."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E8: optimizers and learning-rate schedules", args.out, command=args.command)
-    optimizers = TINY["optimizers"] if args.tiny else tuple(DEFAULT_LR)
-    thresholds = TINY["thresholds"] if args.tiny else THRESHOLDS
-    ylim = None if args.tiny else (0.75, 0.92)
-    study = Study(args, TINY["arg"] if args.tiny else "")
-    tuned = {opt: tune(study, opt, *((0, 1) if args.tiny else (MAX_EXTEND, 3)))
-             for opt in optimizers}
+    size = TINY if args.tiny else FULL
+    optimizers, thresholds, seeds = size["optimizers"], size["thresholds"], size["seeds"]
+    study = Study(args, size["arg"])
+    max_extend, rungs = size["search"]
+    tuned = {opt: tune(study, opt, max_extend, rungs) for opt in optimizers}
     best = {opt: lr for opt, (lr, _) in tuned.items()}
-
-    sched_opt = SCHEDULE_OPT if SCHEDULE_OPT in best else optimizers[-1]
-    base = best[sched_opt]
-    rungs = (base,) if args.tiny else (base, LADDER[min(LADDER.index(base) + 1, len(LADDER) - 1)])
-    schedules = ("constant", "cosine") if args.tiny else SCHEDULES
-    sched_runs = {s: {lr: study.run(sched_opt, lr, s) for lr in rungs} for s in schedules}
-    chosen = {s: max(sorted(r), key=lambda lr, r=r: _val(r[lr])) for s, r in sched_runs.items()}
+    base = best[SCHEDULE_OPT]
+    bases = (base,) if args.tiny else (base, LADDER[min(LADDER.index(base) + 1, len(LADDER) - 1)])
+    sched_runs = {s: {lr: study.run(SCHEDULE_OPT, lr, s) for lr in bases}
+                  for s in size["schedules"]}
+    chosen = {s: choose_lr(r, "val_accuracy") for s, r in sched_runs.items()}
     # the chosen settings again with more seeds (the lr is chosen on seed 0 alone)
-    seeds = SEEDS[:1] if args.tiny else SEEDS
-    opt_numbers = {opt: _numbers([study.run(opt, best[opt], seed=k) for k in seeds], best[opt],
-                                 thresholds) for opt in optimizers}
-    sched_numbers = {s: _numbers([study.run(sched_opt, chosen[s], s, seed=k) for k in seeds],
-                                 chosen[s], thresholds) for s in schedules}
+    opt_numbers = {opt: numbers([study.run(opt, best[opt], seed=k) for k in seeds], best[opt],
+                                thresholds) for opt in optimizers}
+    sched_numbers = {s: numbers([study.run(SCHEDULE_OPT, chosen[s], s, seed=k) for k in seeds],
+                                chosen[s], thresholds) for s in size["schedules"]}
+    summary = {"lr_star": best, "schedule_optimizer": SCHEDULE_OPT,
+               "grid": {opt: {f"{lr:g}": _val(r) for lr, r in runs.items()}
+                        for opt, (_, runs) in tuned.items()},
+               "optimizers": opt_numbers, "schedules": sched_numbers}
 
     report.facts.update({
         "data": "digits (tiny)" if args.tiny else "Fashion-MNIST: train on train[:55000], "
@@ -170,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                if args.tiny else
                                                "128, 4,000 steps, evaluation every 200 steps"),
         "config": CONFIG,
+        "seeds": f"{len(seeds)} per chosen setting ({', '.join(map(str, seeds))}); the lr "
+                 "grids: seed 0",
         "training runs": describe_runs(study.runs.values()),
     })
     report.text(
@@ -185,18 +202,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "accumulator 0.1 and ε 1e-7, RMSProp decay 0.9, Adam(W) β = (0.9, 0.999), ε 1e-8; AdamW's "
         "decoupled decay λ = 0.1 (w ← w − lr·(Adam direction + λ·w), on every parameter). "
         "The learning rates are chosen on seed 0; the chosen settings are then rerun with "
-        f"seeds {', '.join(map(str, seeds))} (initial weights and batch order), and the tables "
-        "give the mean ± std over them."
+        f"seeds {', '.join(map(str, seeds))} (initial weights and batch order)."
     )
+
+    report.heading("Result")
+    report.text(verdict_table(verdicts(summary, thresholds)))
 
     report.heading("Learning-rate grid: final validation accuracy")
     used = sorted({lr for _, runs in tuned.values() for lr in runs})
-    rows = [[opt, f"{best[opt]:g}", *(_val(runs[lr]) if lr in runs else None for lr in used)]
+    rows = [[opt, f"{best[opt]:g}", *(_val(runs[lr]) if lr in runs else "·" for lr in used)]
             for opt, (_, runs) in tuned.items()]
     report.table(["optimizer", "lr*", *(f"{lr:g}" for lr in used)], rows, spec=".4f")
-    report.text("— not run; 0 = diverged (non-finite loss).")
+    report.text("· not run; — diverged (non-finite loss).")
     fig, axes = new_figure(1)
-    plot_curves(axes[0], {opt: (list(runs), [_val(r) for r in runs.values()])
+    plot_curves(axes[0], {opt: (list(runs), [_val(r) or 0.0 for r in runs.values()])
                           for opt, (_, runs) in tuned.items()},
                 xlabel="learning rate", ylabel="final validation accuracy",
                 styles={opt: {"marker": "o"} for opt in tuned})
@@ -204,26 +223,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report.figure(fig, "lr_grid.png", "Final validation accuracy at every learning rate tried")
 
     report.heading("Optimizers, each at its own lr*")
-    header = ["optimizer", "lr*", "final test acc", "best test acc", "final train loss",
-              "late std of test acc",
-              *(f"steps to {t:.0%}" for t in thresholds), "wall s"]
+    header = ["optimizer", "lr*", f"final test acc (95% CI, n={len(seeds)})", "best test acc",
+              "final train loss", "late std of test acc",
+              *(f"steps to {t:.0%}: median [95% CI]" for t in thresholds), "wall s"]
     report.table(header, [_row(opt, opt_numbers[opt], thresholds) for opt in optimizers],
                  spec=".4f")
-    report.text(f"Over seed(s) {', '.join(map(str, seeds))}: final test accuracy mean ± std, best "
-                "test accuracy and final train loss (mean over the last 100 steps) means; \"late "
-                "std\": the standard deviation of the test accuracy over the evaluations of the "
-                "last quarter of the steps (how much it still fluctuates), mean over seeds; "
-                f"\"steps to\": the first evaluation (every {20 if args.tiny else 200} steps) "
-                "with that test accuracy, "
-                "per seed (— never); wall s of seed 0. The curves are seed 0's.")
+    report.text(f"Over seed(s) {', '.join(map(str, seeds))}: final test accuracy mean ± 95% CI "
+                "(Student t), the means of the best test accuracy and the final train loss "
+                "(mean over the last 100 steps); \"late std\": the standard deviation of the "
+                "test accuracy over the evaluations of the last quarter of the steps, mean over "
+                f"seeds; \"steps to\": the first evaluation (every {20 if args.tiny else 200} "
+                "steps) with that test accuracy, median over seeds with its bootstrap CI. wall "
+                "s of seed 0; the curves are seed 0's.")
     opt_runs = {f"{opt} ({best[opt]:g})": tuned[opt][1][best[opt]] for opt in optimizers}
+    ylim = None if args.tiny else (0.75, 0.92)
     report.figure(_curves_figure(opt_runs, "each optimizer at its lr*", ylim), "optimizers.png",
                   "Training loss and test accuracy vs step, each optimizer at its best lr")
 
-    report.heading(f"Schedules ({sched_opt}, base lr {' or '.join(f'{r:g}' for r in rungs)})")
-    rows = [[s, *(_val(runs[lr]) for lr in rungs), *_row("", sched_numbers[s], thresholds)[1:]]
+    report.heading(f"Schedules ({SCHEDULE_OPT}, base lr {' or '.join(f'{r:g}' for r in bases)})")
+    rows = [[s, *(_val(runs[lr]) for lr in bases), *_row("", sched_numbers[s], thresholds)[1:]]
             for s, runs in sched_runs.items()]
-    report.table(["schedule", *(f"val acc @ {lr:g}" for lr in rungs), "chosen base lr",
+    report.table(["schedule", *(f"val acc @ {lr:g}" for lr in bases), "chosen base lr",
                   *header[2:]], rows, spec=".4f")
     report.text(
         "Every decay ends at base lr/100 (cosine at 0): step ×0.1 at 1/2 and 3/4 of the steps, "
@@ -232,62 +252,64 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "validation accuracy."
     )
     sched_best = {f"{s} ({chosen[s]:g})": sched_runs[s][chosen[s]] for s in sched_runs}
-    report.figure(_curves_figure(sched_best, f"{sched_opt}: schedules", ylim,
-                                 lr_panel=True),
+    report.figure(_curves_figure(sched_best, f"{SCHEDULE_OPT}: schedules", ylim, lr_panel=True),
                   "schedules.png", "Learning rate, training loss and test accuracy vs step for "
                   "each schedule at its chosen base lr")
-
-    summary = {
-        "lr_star": best,
-        "grid": {opt: {f"{lr:g}": _val(r) for lr, r in runs.items()}
-                 for opt, (_, runs) in tuned.items()},
-        "optimizers": opt_numbers,
-        "schedule_optimizer": sched_opt,
-        "schedules": sched_numbers,
-    }
-    report.heading("Result")
-    report.text(_verdict(summary, thresholds))
     report.save_json("results.json", summary)
     print(f"wrote {report.write()}")
     return summary
 
 
-def _verdict(summary: dict[str, Any], thresholds) -> str:
+def _kept(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    """Mean over the seeds that did not diverge."""
+    return summarize(values).mean
+
+
+def _share(won: Sequence[str], of: int) -> str:
+    return "reproduced" if len(won) == of else "partly reproduced" if won else "not reproduced"
+
+
+def verdicts(summary: dict[str, Any], thresholds: Sequence[float]) -> list[Verdict]:
+    """The claims of E8 and what the numbers say about them."""
     opts, scheds = summary["optimizers"], summary["schedules"]
-
-    def steps(k: dict, t: float) -> float:
-        median = k["median_steps_to"][str(t)]
-        return np.inf if median is None else median
-
-    lines = []
-    for t in thresholds:
-        faster = [o for o in opts if o != "sgd" and "sgd" in opts
-                  and steps(opts[o], t) < steps(opts["sgd"], t)]
-        lines.append(
-            f"- Median steps to {t:.0%} test accuracy at each optimizer's lr*: "
-            + ", ".join(f"{o} " + ("never" if np.isinf(steps(k, t)) else f"{steps(k, t):.0f}")
-                        for o, k in opts.items())
-            + f"; fewer than plain SGD: {', '.join(faster) or 'none'}.")
-    const = scheds["constant"]
-    lower = [s for s, k in scheds.items()
-             if s != "constant" and k["mean_train_loss"] < const["mean_train_loss"]]
-    better = [s for s, k in scheds.items()
-              if s != "constant" and k["mean_test_accuracy"] > const["mean_test_accuracy"]]
-    steadier = [s for s, k in scheds.items()
-                if s != "constant" and k["late_std"] < const["late_std"]]
-    return "\n".join(lines) + (
-        "\n- Final test accuracy (mean ± std): "
-        + ", ".join(f"{o} {k['mean_test_accuracy']:.4f} ± {k['std_test_accuracy']:.4f}"
-                    for o, k in opts.items()) + ".\n"
-        f"- Schedules ({summary['schedule_optimizer']}): final train loss "
-        + ", ".join(f"{s} {k['mean_train_loss']:.3f}" for s, k in scheds.items())
-        + f"; below constant: {', '.join(lower) or 'none'}. Final test accuracy "
-        + ", ".join(f"{s} {k['mean_test_accuracy']:.4f} ± {k['std_test_accuracy']:.4f}"
-                    for s, k in scheds.items())
-        + f"; above constant: {', '.join(better) or 'none'}. Late std of the test accuracy "
-        + ", ".join(f"{s} {k['late_std']:.4f}" for s, k in scheds.items())
-        + f"; below constant: {', '.join(steadier) or 'none'}."
-    )
+    n = min(k["seeds"] for k in [*opts.values(), *scheds.values()])
+    out = []
+    t = thresholds[0]
+    if "sgd" in opts:
+        sgd = opts["sgd"]["median_steps_to"][str(t)]["median"]
+        others = [o for o in opts if o != "sgd"]
+        faster = [o for o in others if opts[o]["median_steps_to"][str(t)]["median"] < sgd]
+        out.append(Verdict(
+            f"momentum and adaptive methods reach {t:.0%} test accuracy in fewer steps than SGD",
+            "median steps: " + ", ".join(
+                f"{o} {opts[o]['median_steps_to'][str(t)]['median']:.0f}" for o in opts)
+            + f"; fewer than SGD: {', '.join(faster) or 'none'}",
+            _share(faster, len(others)), n))
+    const = scheds["constant"]["final_test_accuracy"]
+    decays = [s for s in scheds if s != "constant"]
+    p = {s: welch_test(_kept(scheds[s]["final_test_accuracy"]), _kept(const)).p
+         for s in decays} if n >= 2 else {}
+    # higher in the mean, and (with seeds to test it) Welch p < 0.05
+    better = [s for s in decays if _mean(scheds[s]["final_test_accuracy"]) > _mean(const)
+              and p.get(s, 0.0) < 0.05]
+    accs = ", ".join(f"{s} {fmt_mean_ci(k['final_test_accuracy'], '.4f', show_n=False)}"
+                     for s, k in scheds.items())
+    tests = f" (Welch p vs constant: {', '.join(f'{s} {v:.2g}' for s, v in p.items())})"
+    out.append(Verdict(
+        "a decaying lr ends with a higher test accuracy than a constant one",
+        f"final test acc {accs}{tests if p else ''}; above constant: {', '.join(better) or 'none'}",
+        _share(better, len(decays)), n))
+    const_std = _mean(scheds["constant"]["late_std"])
+    steadier = [s for s in decays if _mean(scheds[s]["late_std"]) < const_std]
+    out.append(Verdict(
+        "a decaying lr stops the late fluctuation of the test accuracy",
+        "late std " + ", ".join(f"{s} {_mean(k['late_std']):.4f}" for s, k in scheds.items()),
+        _share(steadier, len(decays)), n))
+    return out
 
 
 if __name__ == "__main__":
