@@ -150,7 +150,7 @@ def test_no_restorable_checkpoint_says_mismatch_or_corrupt(saved):
     ckpt, states = saved
     other = {**states[2], "w": jnp.zeros((64, 7))}
     with pytest.raises(NormlabError, match=r"\[1, 2\] do not fit this config.*\['w'\].*new "
-                       r"--workdir; nothing was moved") as err:
+                       r"--workdir; nothing was overwritten") as err:
         ckpt.restore_latest(_target(other))
     assert "corrupt" not in str(err.value) and "\n" not in str(err.value)
     for step in (1, 2):

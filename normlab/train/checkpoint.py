@@ -102,7 +102,7 @@ class Checkpointer:
                 log.warning(
                     "checkpoint at step %d is unreadable (%s); trying an older one",
                     step,
-                    str(failed[step])[:300],
+                    _line(failed[step]),
                 )
                 continue
             for bad in failed:  # out of the way of this run's own saves at those steps
@@ -205,29 +205,32 @@ def _classify(err: Exception) -> ValueError:
     return CheckpointCorruptError(text)
 
 
+def _line(err: Exception, limit: int = 300) -> str:
+    """`err` on one line (orbax's messages span several), cut to `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _none_restorable(directory: Path, failed: dict[int, ValueError]) -> str:
     """The one-line error when no checkpoint can be restored, saying why from what was seen."""
     mismatch = sorted(s for s, e in failed.items() if isinstance(e, CheckpointMismatchError))
     corrupt = sorted(s for s, e in failed.items() if isinstance(e, CheckpointCorruptError))
-    workdir = directory.parent
     parts = []
     if mismatch:
-        first = str(failed[mismatch[-1]])[:200]
         parts.append(
-            f"checkpoints {mismatch} do not fit this config (a different model or optimizer "
-            f"than the one in {workdir / 'config.json'}; e.g. {first})"
+            f"{mismatch} do not fit this config, so a different model or optimizer wrote them "
+            f"(its config is in {directory.parent / 'config.json'}; {_line(failed[mismatch[-1]])})"
         )
     if corrupt:
-        first = str(failed[corrupt[-1]])[:200]
-        parts.append(f"checkpoints {corrupt} are corrupt or unreadable (e.g. {first})")
+        parts.append(f"{corrupt} are corrupt or unreadable ({_line(failed[corrupt[-1]])})")
     advice = (
         "rerun with the config that wrote them, or use a new --workdir"
         if not corrupt
         else f"move {directory} away (or use a new --workdir) to start over"
     )
     return (
-        f"no checkpoint in {directory} can be restored: {'; '.join(parts)}. To go on, {advice}; "
-        "nothing was moved or overwritten."
+        f"none of the checkpoints {sorted(failed)} in {directory} can be restored: "
+        f"{'; '.join(parts)}. To go on, {advice}; nothing was overwritten or moved."
     )
 
 
