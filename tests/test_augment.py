@@ -27,12 +27,11 @@ from normlab.data.augment import (
 )
 from normlab.registry import AUGMENTATIONS
 
-RNG = np.random.default_rng(0)
 KEY = jax.random.key(42)
 
 
-def _images(n=4, h=8, w=7, c=3):
-    return RNG.normal(size=(n, h, w, c)).astype(np.float32)
+def _images(rng, n=4, h=8, w=7, c=3):
+    return rng.normal(size=(n, h, w, c)).astype(np.float32)
 
 
 def _within_5_sigma(sample_mean, mean, var, count):
@@ -49,15 +48,15 @@ def test_registry_names():
 # ------------------------------------------------------------------------------- flip
 
 
-def test_apply_flip_matches_reference():
-    x = _images()
+def test_apply_flip_matches_reference(rng):
+    x = _images(rng)
     flags = np.array([True, False, True, False])
     ref = np.where(flags[:, None, None, None], x[:, :, ::-1, :], x)
     np.testing.assert_array_equal(np.asarray(apply_flip(x, flags)), ref)
 
 
-def test_random_flip_is_apply_of_its_params_and_jittable():
-    x = _images(6)
+def test_random_flip_is_apply_of_its_params_and_jittable(rng):
+    x = _images(rng, 6)
     flags = flip_params(KEY, 6, 0.5)
     expected = np.asarray(apply_flip(x, flags))
     np.testing.assert_array_equal(np.asarray(random_flip(x, key=KEY)), expected)
@@ -99,9 +98,9 @@ def _crop_ref(x, offsets, pad):
 
 
 @pytest.mark.parametrize("pad", [0, 1, 4])
-def test_apply_crop_matches_reference(pad):
-    x = _images(5)
-    offsets = RNG.integers(0, 2 * pad + 1, size=(5, 2))
+def test_apply_crop_matches_reference(rng, pad):
+    x = _images(rng, 5)
+    offsets = rng.integers(0, 2 * pad + 1, size=(5, 2))
     offsets[0] = (0, 2 * pad)  # corners included
     offsets[1] = (2 * pad, 0)
     y = apply_crop(x, jnp.asarray(offsets, jnp.int32), pad)
@@ -109,8 +108,8 @@ def test_apply_crop_matches_reference(pad):
     np.testing.assert_array_equal(np.asarray(y, np.float64), _crop_ref(x, offsets, pad))
 
 
-def test_crop_at_offset_pad_is_identity_and_random_crop_uses_its_params():
-    x = _images(3)
+def test_crop_at_offset_pad_is_identity_and_random_crop_uses_its_params(rng):
+    x = _images(rng, 3)
     centre = jnp.full((3, 2), 4, jnp.int32)
     np.testing.assert_array_equal(np.asarray(apply_crop(x, centre, 4)), x)
     expected = np.asarray(apply_crop(x, crop_params(KEY, 3, 4), 4))
@@ -139,9 +138,9 @@ def test_crop_bad_pad_raises(pad):
 # ------------------------------------------------------------------ brightness/contrast
 
 
-def test_apply_brightness_matches_reference():
-    x = _images()
-    delta = RNG.uniform(-0.3, 0.3, size=4).astype(np.float32)
+def test_apply_brightness_matches_reference(rng):
+    x = _images(rng)
+    delta = rng.uniform(-0.3, 0.3, size=4).astype(np.float32)
     ref = x.astype(np.float64) + delta[:, None, None, None].astype(np.float64)
     np.testing.assert_allclose(np.asarray(apply_brightness(x, delta)), ref, rtol=1e-6, atol=1e-6)
     expected = np.asarray(apply_brightness(x, brightness_params(KEY, 4, 0.3)))
@@ -163,9 +162,9 @@ def _contrast_ref(x, factor):
     return (x - mean) * np.asarray(factor, np.float64)[:, None, None, None] + mean
 
 
-def test_apply_contrast_matches_reference():
-    x = _images() + 2.0
-    factor = RNG.uniform(0.5, 1.5, size=4).astype(np.float32)
+def test_apply_contrast_matches_reference(rng):
+    x = _images(rng) + 2.0
+    factor = rng.uniform(0.5, 1.5, size=4).astype(np.float32)
     np.testing.assert_allclose(np.asarray(apply_contrast(x, factor)), _contrast_ref(x, factor),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(apply_contrast(x, np.ones(4, np.float32))), x,
@@ -183,8 +182,8 @@ def test_contrast_draws_are_uniform():
     assert _within_5_sigma(f.mean(), (lo + hi) / 2, (hi - lo) ** 2 / 12, n)
 
 
-def test_brightness_contrast_bfloat16():
-    x = jnp.asarray(_images() + 2.0, jnp.bfloat16)
+def test_brightness_contrast_bfloat16(rng):
+    x = jnp.asarray(_images(rng) + 2.0, jnp.bfloat16)
     factor = np.array([0.5, 0.8, 1.2, 1.5], np.float32)
     y = apply_contrast(x, factor)
     assert y.dtype == jnp.bfloat16
@@ -224,15 +223,15 @@ def _cutout_ref(x, centres, size):
 
 
 @pytest.mark.parametrize("size", [0, 3, 4, 20])
-def test_apply_cutout_matches_reference(size):
-    x = _images(5, 9, 8)
+def test_apply_cutout_matches_reference(rng, size):
+    x = _images(rng, 5, 9, 8)
     centres = np.array([[0, 0], [8, 7], [4, 4], [0, 7], [6, 1]])  # corners clip the square
     y = apply_cutout(x, jnp.asarray(centres, jnp.int32), size)
     np.testing.assert_array_equal(np.asarray(y, np.float64), _cutout_ref(x, centres, size))
 
 
-def test_cutout_uses_its_params_and_centres_are_uniform():
-    x = _images(4, 9, 8)
+def test_cutout_uses_its_params_and_centres_are_uniform(rng):
+    x = _images(rng, 4, 9, 8)
     expected = np.asarray(apply_cutout(x, cutout_params(KEY, 4, 9, 8), 4))
     np.testing.assert_array_equal(np.asarray(cutout(x, key=KEY, size=4)), expected)
     np.testing.assert_array_equal(
@@ -278,11 +277,11 @@ def test_cutout_bad_size_raises(size):
 # ------------------------------------------------------------------------------ mixup
 
 
-def test_apply_mixup_matches_reference():
-    x = _images(6)
-    labels = np.eye(5, dtype=np.float32)[RNG.integers(0, 5, size=6)]
+def test_apply_mixup_matches_reference(rng):
+    x = _images(rng, 6)
+    labels = np.eye(5, dtype=np.float32)[rng.integers(0, 5, size=6)]
     lam = np.float32(0.3)
-    perm = RNG.permutation(6)
+    perm = rng.permutation(6)
     xm, ym = apply_mixup(x, labels, jnp.asarray(lam), jnp.asarray(perm))
     lam64 = np.float64(lam)
     np.testing.assert_allclose(np.asarray(xm), lam64 * x + (1 - lam64) * x[perm],
@@ -292,9 +291,9 @@ def test_apply_mixup_matches_reference():
     np.testing.assert_allclose(np.asarray(ym).sum(axis=1), 1.0, rtol=1e-6)
 
 
-def test_mixup_uses_its_params_and_is_jittable():
-    x = _images(6)
-    labels = np.eye(4, dtype=np.float32)[RNG.integers(0, 4, size=6)]
+def test_mixup_uses_its_params_and_is_jittable(rng):
+    x = _images(rng, 6)
+    labels = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=6)]
     lam, perm = mixup_params(KEY, 6, 0.4)
     assert sorted(np.asarray(perm).tolist()) == list(range(6))
     expected = apply_mixup(x, labels, lam, perm)

@@ -17,12 +17,10 @@ from normlab.nn.dropout import (
 )
 from normlab.registry import REGULARIZERS
 
-RNG = np.random.default_rng(0)
 
-
-def _normal(*shape):
+def _normal(rng, *shape):
     # Bounded away from 0 so that "output is 0" identifies a dropped unit unambiguously.
-    x = RNG.normal(size=shape)
+    x = rng.normal(size=shape)
     return np.where(np.abs(x) < 0.1, 0.1 + np.abs(x), x).astype(np.float32)
 
 
@@ -80,8 +78,8 @@ def test_other_bad_arguments_raise():
         bernoulli_keep_mask(jax.random.key(0), (3,), 1.0)
 
 
-def test_rate_zero_is_exact_identity_and_needs_no_rng():
-    x = _normal(3, 5, 5, 4)
+def test_rate_zero_is_exact_identity_and_needs_no_rng(rng):
+    x = _normal(rng, 3, 5, 5, 4)
     for layer in (Dropout(rate=0.0), Dropout(rate=0.0, mode="classic"),
                   SpatialDropout(rate=0.0), StochasticDepth(rate=0.0)):
         for train in (True, False):
@@ -95,10 +93,10 @@ def test_rate_zero_is_exact_identity_and_needs_no_rng():
 
 @pytest.mark.parametrize("mode", ["inverted", "classic"])
 @pytest.mark.parametrize("shape", [(64, 33), (8, 6, 6, 5)])
-def test_dropout_train_and_eval_formulas(mode, shape):
+def test_dropout_train_and_eval_formulas(rng, mode, shape):
     rate = 0.3
     q = 1.0 - rate
-    x = _normal(*shape)
+    x = _normal(rng, *shape)
     y = np.asarray(_train(Dropout(rate=rate, mode=mode), x, seed=1), np.float64)
     kept = y != 0.0
     scale = 1.0 / q if mode == "inverted" else 1.0
@@ -111,9 +109,9 @@ def test_dropout_train_and_eval_formulas(mode, shape):
 
 
 @pytest.mark.parametrize("mode,rate", [("inverted", 0.2), ("classic", 0.6)])
-def test_dropout_expected_train_output_equals_eval_output(mode, rate):
+def test_dropout_expected_train_output_equals_eval_output(rng, mode, rate):
     q = 1.0 - rate
-    x = _normal(4, 6)
+    x = _normal(rng, 4, 6)
     num = 4000
     layer = Dropout(rate=rate, mode=mode)
     mean = _many_train_outputs(layer, x, num).mean(axis=0)
@@ -125,7 +123,7 @@ def test_dropout_expected_train_output_equals_eval_output(mode, rate):
     np.testing.assert_allclose(np.asarray(layer.apply({}, x, train=False)), eval_ref, rtol=1e-6)
 
 
-def test_inverted_and_classic_agree_at_test_time_and_convert_by_rescaling():
+def test_inverted_and_classic_agree_at_test_time_and_convert_by_rescaling(rng):
     rate = 0.4
     q = 1.0 - rate
 
@@ -138,8 +136,8 @@ def test_inverted_and_classic_agree_at_test_time_and_convert_by_rescaling():
             h = Dropout(rate=rate, mode=self.mode)(h, train=train)
             return nn.Dense(3)(h)
 
-    x = _normal(10, 5)
-    target = _normal(10, 3)
+    x = _normal(rng, 10, 5)
+    target = _normal(rng, 10, 3)
     classic, inverted = Net("classic"), Net("inverted")
     params = classic.init(jax.random.key(0), x, train=False)["params"]
 
@@ -163,9 +161,9 @@ def test_inverted_and_classic_agree_at_test_time_and_convert_by_rescaling():
         )
 
 
-def test_dropout_bfloat16_output_dtype_and_values():
+def test_dropout_bfloat16_output_dtype_and_values(rng):
     rate = 0.5
-    x = jnp.asarray(_normal(16, 32), jnp.bfloat16)
+    x = jnp.asarray(_normal(rng, 16, 32), jnp.bfloat16)
     y = _train(Dropout(rate=rate), x, seed=3)
     assert y.dtype == jnp.bfloat16
     x64 = np.asarray(x, np.float64)
@@ -174,18 +172,18 @@ def test_dropout_bfloat16_output_dtype_and_values():
     np.testing.assert_allclose(y64, np.where(y64 != 0, x64 / (1 - rate), 0.0), rtol=2**-8)
 
 
-def test_same_key_same_mask_and_different_keys_differ():
-    x = _normal(8, 20)
+def test_same_key_same_mask_and_different_keys_differ(rng):
+    x = _normal(rng, 8, 20)
     layer = Dropout(rate=0.5)
     np.testing.assert_array_equal(_train(layer, x, seed=5), _train(layer, x, seed=5))
     assert not np.array_equal(_train(layer, x, seed=5), _train(layer, x, seed=6))
 
 
 @pytest.mark.parametrize("shape", [(16, 5, 7, 6), (6, 3, 4, 5, 8)])
-def test_spatial_dropout_mask_is_constant_over_spatial_axes(shape):
+def test_spatial_dropout_mask_is_constant_over_spatial_axes(rng, shape):
     rate = 0.5
     q = 1.0 - rate
-    x = _normal(*shape)
+    x = _normal(rng, *shape)
     y = np.asarray(_train(SpatialDropout(rate=rate), x, seed=2), np.float64)
     spatial = tuple(range(1, len(shape) - 1))
     kept = y != 0.0
@@ -200,10 +198,10 @@ def test_spatial_dropout_mask_is_constant_over_spatial_axes(shape):
     np.testing.assert_array_equal(np.asarray(y_eval), x)
 
 
-def test_spatial_dropout_expected_train_output_equals_eval_output():
+def test_spatial_dropout_expected_train_output_equals_eval_output(rng):
     rate, num = 0.3, 3000
     q = 1.0 - rate
-    x = _normal(2, 3, 3, 2)
+    x = _normal(rng, 2, 3, 3, 2)
     mean = _many_train_outputs(SpatialDropout(rate=rate), x, num).mean(axis=0)
     sd = np.abs(x.astype(np.float64)) * np.sqrt((1 - q) / q / num)
     assert np.all(np.abs(mean - x) < 5 * sd)
@@ -216,9 +214,9 @@ def _dense_variables(features, x, rate=0.5):
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5])
-def test_dropconnect_dense_masks_the_weights(rate):
+def test_dropconnect_dense_masks_the_weights(rng, rate):
     q = 1.0 - rate
-    x = _normal(6, 7)
+    x = _normal(rng, 6, 7)
     layer, variables = _dense_variables(5, x, rate)
     y, state = _train(layer, x, seed=4, variables=variables, mutable=["intermediates"])
     (mask,) = state["intermediates"]["weight_mask"]
@@ -237,9 +235,9 @@ def test_dropconnect_dense_masks_the_weights(rate):
     assert not np.array_equal(np.asarray(other["intermediates"]["weight_mask"][0]), mask)
 
 
-def test_dropconnect_dense_mask_frequency_and_expectation():
+def test_dropconnect_dense_mask_frequency_and_expectation(rng):
     rate, num = 0.5, 3000
-    x = _normal(3, 4)
+    x = _normal(rng, 3, 4)
     layer, variables = _dense_variables(2, x, rate)
     keys = jax.random.split(jax.random.key(9), num)
     outs = jax.jit(jax.vmap(
@@ -253,10 +251,10 @@ def test_dropconnect_dense_mask_frequency_and_expectation():
     assert np.all(np.abs(mean - (x @ w + b)) < 5 * np.sqrt(var / num))
 
 
-def test_dropconnect_dense_gradient_flows_only_through_kept_weights():
+def test_dropconnect_dense_gradient_flows_only_through_kept_weights(rng):
     rate = 0.5
-    x = _normal(4, 6)
-    g = _normal(4, 3)
+    x = _normal(rng, 4, 6)
+    g = _normal(rng, 4, 3)
     layer, variables = _dense_variables(3, x, rate)
     rngs = {"dropout": jax.random.key(8)}
     _, state = layer.apply(variables, x, train=True, rngs=rngs, mutable=["intermediates"])
@@ -271,9 +269,9 @@ def test_dropconnect_dense_gradient_flows_only_through_kept_weights():
     np.testing.assert_allclose(np.asarray(grads["bias"]), g.sum(axis=0), rtol=1e-5, atol=1e-6)
 
 
-def test_dropconnect_dense_bfloat16():
+def test_dropconnect_dense_bfloat16(rng):
     rate = 0.5
-    x = jnp.asarray(_normal(4, 16), jnp.bfloat16)
+    x = jnp.asarray(_normal(rng, 4, 16), jnp.bfloat16)
     layer, variables = _dense_variables(8, x, rate)
     y, state = _train(layer, x, seed=1, variables=variables, mutable=["intermediates"])
     assert y.dtype == jnp.bfloat16 and variables["params"]["kernel"].dtype == jnp.float32
@@ -303,9 +301,9 @@ def _conv_reference(x, w, b, stride, pad):
 @pytest.mark.parametrize(
     "padding,stride,pad", [("SAME", 1, ((1, 1), (1, 1))), ("VALID", 2, ((0, 0), (0, 0)))]
 )
-def test_dropconnect_conv_masks_the_kernel(padding, stride, pad):
+def test_dropconnect_conv_masks_the_kernel(rng, padding, stride, pad):
     rate = 0.3
-    x = _normal(2, 7, 7, 3)
+    x = _normal(rng, 2, 7, 7, 3)
     layer = DropConnectConv(features=4, kernel_size=(3, 3), rate=rate, strides=(stride, stride),
                             padding=padding, bias_init=nn.initializers.normal(1.0))
     variables = layer.init(jax.random.key(0), x, train=False)
@@ -324,11 +322,11 @@ def test_dropconnect_conv_masks_the_kernel(padding, stride, pad):
     )
 
 
-def test_stochastic_depth_drops_whole_examples():
+def test_stochastic_depth_drops_whole_examples(rng):
     rate = 0.4
     q = 1.0 - rate
     n = 200
-    x = _normal(n, 3, 3, 2)
+    x = _normal(rng, n, 3, 3, 2)
     y = np.asarray(_train(StochasticDepth(rate=rate), x, seed=3), np.float64)
     kept = (y != 0).reshape(n, -1)
     kept_N = kept.all(axis=1)
@@ -341,9 +339,9 @@ def test_stochastic_depth_drops_whole_examples():
     np.testing.assert_array_equal(np.asarray(y_eval), x)
 
 
-def test_stochastic_depth_expected_train_output_equals_eval_output():
+def test_stochastic_depth_expected_train_output_equals_eval_output(rng):
     rate, num = 0.5, 3000
-    x = _normal(3, 4)
+    x = _normal(rng, 3, 4)
     mean = _many_train_outputs(StochasticDepth(rate=rate), x, num).mean(axis=0)
     sd = np.abs(x.astype(np.float64)) * np.sqrt(rate / (1 - rate) / num)
     assert np.all(np.abs(mean - x) < 5 * sd)

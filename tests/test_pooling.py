@@ -17,7 +17,6 @@ from normlab.nn.pooling import (
 )
 from normlab.registry import POOLING
 
-RNG = np.random.default_rng(0)
 SIZES = [(10, 7), (32, 21), (9, 5), (25, 24), (5, 3)]  # (N_in, N_out), ratios in (1, 2)
 
 
@@ -72,14 +71,14 @@ def _check_boundary_properties(bounds, n_in, n_out):
     assert (steps == 2).sum() == n_in - n_out
 
 
-def _numpy_random_boundaries(n_in, n_out):
-    steps = RNG.permutation([2] * (n_in - n_out) + [1] * (2 * n_out - n_in))
+def _numpy_random_boundaries(rng, n_in, n_out):
+    steps = rng.permutation([2] * (n_in - n_out) + [1] * (2 * n_out - n_in))
     return np.concatenate([[0], np.cumsum(steps)])
 
 
-def _float32_u(size):
+def _float32_u(rng, size):
     # u as the implementation sees it (float32), so both sides use the same number.
-    return RNG.uniform(size=size).astype(np.float32).astype(np.float64)
+    return rng.uniform(size=size).astype(np.float32).astype(np.float64)
 
 
 def test_registry_name():
@@ -87,8 +86,8 @@ def test_registry_name():
 
 
 @pytest.mark.parametrize("n_in,n_out", SIZES)
-def test_pseudo_random_boundaries_match_graham_formula(n_in, n_out):
-    for u in _float32_u(20):
+def test_pseudo_random_boundaries_match_graham_formula(rng, n_in, n_out):
+    for u in _float32_u(rng, 20):
         got = np.asarray(pseudo_random_boundaries(n_in, n_out, u))
         np.testing.assert_array_equal(got, _ref_pseudo_random_boundaries(n_in, n_out, u))
         _check_boundary_properties(got, n_in, n_out)
@@ -126,15 +125,15 @@ def test_drawn_boundaries_properties(pseudo_random):
 @pytest.mark.parametrize("overlapping", [False, True])
 @pytest.mark.parametrize("pseudo_random", [True, False])
 @pytest.mark.parametrize("shape,out", [((2, 10, 9, 3), (7, 6)), ((1, 32, 32, 2), (21, 21))])
-def test_pool_with_boundaries_matches_reference(overlapping, pseudo_random, shape, out):
-    x = RNG.normal(size=shape).astype(np.float32)
+def test_pool_with_boundaries_matches_reference(rng, overlapping, pseudo_random, shape, out):
+    x = rng.normal(size=shape).astype(np.float32)
     (h, w), (ho, wo) = shape[1:3], out
     if pseudo_random:
-        u_rows, u_cols = _float32_u(2)
+        u_rows, u_cols = _float32_u(rng, 2)
         rows = _ref_pseudo_random_boundaries(h, ho, u_rows)
         cols = _ref_pseudo_random_boundaries(w, wo, u_cols)
     else:  # a random order of increments, drawn here with NumPy
-        rows, cols = _numpy_random_boundaries(h, ho), _numpy_random_boundaries(w, wo)
+        rows, cols = _numpy_random_boundaries(rng, h, ho), _numpy_random_boundaries(rng, w, wo)
     y = fractional_max_pool_with_boundaries(
         x, jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), overlapping=overlapping
     )
@@ -144,8 +143,10 @@ def test_pool_with_boundaries_matches_reference(overlapping, pseudo_random, shap
 
 @pytest.mark.parametrize("overlapping", [False, True])
 @pytest.mark.parametrize("pseudo_random", [True, False])
-def test_public_function_uses_one_draw_for_rows_and_one_for_columns(overlapping, pseudo_random):
-    x = RNG.normal(size=(3, 12, 11, 2)).astype(np.float32)
+def test_public_function_uses_one_draw_for_rows_and_one_for_columns(
+    rng, overlapping, pseudo_random
+):
+    x = rng.normal(size=(3, 12, 11, 2)).astype(np.float32)
     key = jax.random.key(4)
     kw = {"overlapping": overlapping, "pseudo_random": pseudo_random}
     y = fractional_max_pool(x, (8, 7), key=key, **kw)
@@ -160,17 +161,17 @@ def test_public_function_uses_one_draw_for_rows_and_one_for_columns(overlapping,
     np.testing.assert_allclose(np.asarray(y), _ref_pool(x, rows, cols, overlapping), rtol=1e-6)
 
 
-def test_int_output_size_and_shape():
-    x = RNG.normal(size=(2, 9, 9, 4)).astype(np.float32)
+def test_int_output_size_and_shape(rng):
+    x = rng.normal(size=(2, 9, 9, 4)).astype(np.float32)
     y = fractional_max_pool(x, 6, key=jax.random.key(0))
     assert y.shape == (2, 6, 6, 4)
 
 
 @pytest.mark.parametrize("overlapping", [False, True])
-def test_gradient_flows_to_the_max_elements_only(overlapping):
-    x = RNG.normal(size=(2, 10, 9, 3)).astype(np.float32)
-    g = RNG.normal(size=(2, 7, 6, 3)).astype(np.float32)
-    u_rows, u_cols = _float32_u(2)
+def test_gradient_flows_to_the_max_elements_only(rng, overlapping):
+    x = rng.normal(size=(2, 10, 9, 3)).astype(np.float32)
+    g = rng.normal(size=(2, 7, 6, 3)).astype(np.float32)
+    u_rows, u_cols = _float32_u(rng, 2)
     rows = _ref_pseudo_random_boundaries(10, 7, u_rows)
     cols = _ref_pseudo_random_boundaries(9, 6, u_cols)
     rows_j, cols_j = jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32)
@@ -185,8 +186,8 @@ def test_gradient_flows_to_the_max_elements_only(overlapping):
     assert np.count_nonzero(grad) <= g.size
 
 
-def test_bfloat16_is_exact():
-    x = jnp.asarray(RNG.normal(size=(2, 10, 10, 3)), jnp.bfloat16)
+def test_bfloat16_is_exact(rng):
+    x = jnp.asarray(rng.normal(size=(2, 10, 10, 3)), jnp.bfloat16)
     rows = _ref_pseudo_random_boundaries(10, 7, 0.3)
     y = fractional_max_pool_with_boundaries(x, jnp.asarray(rows), jnp.asarray(rows),
                                             overlapping=True)
@@ -196,8 +197,8 @@ def test_bfloat16_is_exact():
 
 
 @pytest.mark.parametrize("overlapping", [False, True])
-def test_module_eval_is_deterministic_with_u_half_and_train_draws_from_dropout(overlapping):
-    x = RNG.normal(size=(2, 10, 9, 3)).astype(np.float32)
+def test_module_eval_is_deterministic_with_u_half_and_train_draws_from_dropout(rng, overlapping):
+    x = rng.normal(size=(2, 10, 9, 3)).astype(np.float32)
     pool = FractionalMaxPool(output_size=(7, 6), overlapping=overlapping, pseudo_random=False)
     y_eval = pool.apply({}, x, train=False)
     rows = _ref_pseudo_random_boundaries(10, 7, 0.5)
