@@ -14,5 +14,6 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	bash scripts/demo.sh
 
+# --durations=15: the slowest tests, the first place to look when CI nears its 10-minute budget
 test: install
-	$(VENV)/bin/ruff check . && $(PY) -m pytest -q
+	$(VENV)/bin/ruff check . && $(PY) -m pytest -q --durations=15
