@@ -8,7 +8,7 @@ layers), without and with BatchNorm. Also: the per-layer pre-activation std at i
 long the LeCun net stays on the chance plateau as the depth grows.
 
     python experiments/e2_depth/run.py              # 9 runs, ~30-40 min on a loaded 2-core CPU
-    python experiments/e2_depth/run.py --tiny --out /tmp/e2    # digits, seconds
+    python experiments/e2_depth/run.py --tiny --out /tmp/e2    # digits, 30 × 32, plain pair
 """
 
 from __future__ import annotations
@@ -16,17 +16,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from normlab.config import load_config
-from normlab.data.datasets import load_arrays
-from normlab.registry import MODELS
-from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
-from normlab.reports import steps_to_reach as reach
-from normlab.reports.experiment import parse_experiment_args
-from normlab.train.diagnostics import collect_preacts
-from normlab.train.inputs import fit_preprocessor, to_float
+from normlab.reports import (
+    Report,
+    RunResult,
+    Verdict,
+    describe_runs,
+    final_metric,
+    new_figure,
+    plot_curves,
+    steps_to_reach,
+    verdict_table,
+)
+from normlab.reports.experiment import parse_experiment_args, train_config
+from normlab.reports.probes import preacts_at_init
 
 CONFIG = "configs/e2_depth.py"
 INITS = {"Kaiming": "kaiming_normal", "LeCun (\"Xavier\")": "lecun_normal"}
@@ -34,18 +39,13 @@ NORMS = {"plain": "none", "BN": "batch"}
 SWEEP_DEPTHS = (10, 20, 40, 60)
 SWEEP_STEPS = 1500
 PLATEAU = 2.0  # train loss below this = off the chance plateau (ln 10 ≈ 2.303)
-
-
-def _run(args, name: str, spec: str) -> RunResult:
-    config = load_config(f"{CONFIG}:{spec}")
-    return run_training(config, args.runs / name, name=name, reuse=args.reuse,
-                        progress=args.progress)
+# digits, 30 × 32: the same depth (the claim is about depth), seconds of compute
+TINY = ",dataset=digits,depth=30,width=32,steps=300,batch=64"
 
 
 def plateau_exit(run: RunResult) -> int | None:
     """First logged step whose mean train loss is below `PLATEAU` (None: never)."""
-    steps, loss = run.series("train_loss")
-    return reach(steps, -loss, -PLATEAU)
+    return steps_to_reach(*run.series("train_loss"), PLATEAU, below=True)
 
 
 def _at(run: RunResult, key: str, step: int) -> float | None:
@@ -55,15 +55,13 @@ def _at(run: RunResult, key: str, step: int) -> float | None:
 
 def preact_std_at_init(spec: str, n: int = 256) -> list[float]:
     """Per-layer std of the pre-activations at init on n standardized training images."""
-    config = load_config(f"{CONFIG}:{spec}")
-    x, _ = load_arrays(config.dataset, f"train[:{n}]" if config.dataset == "mnist" else "train")
-    x = to_float(x[:n])
-    x = np.asarray(fit_preprocessor(config, x)(x))
-    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-    model = MODELS.build(config.model.name, num_classes=10, **kwargs)
-    variables = model.init(jax.random.key(config.seed), x[:1], train=False)
-    _, state = model.apply(variables, x, train=True, mutable=["intermediates", "batch_stats"])
-    return [float(np.std(np.asarray(y))) for y in collect_preacts(state).values()]
+    return [float(np.std(y)) for y in preacts_at_init(load_config(f"{CONFIG}:{spec}"), n,
+                                                       train=True)]
+
+
+def per_layer_factor(std: Sequence[float]) -> float:
+    """Geometric mean of std(layer l+1)/std(layer l): 1 keeps the scale, 1/√2 halves Var."""
+    return (std[-1] / std[0]) ** (1 / (len(std) - 1))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -71,22 +69,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E2: depth — Kaiming vs LeCun/Xavier init in a 30-layer ReLU net", args.out,
                     command=args.command)
-    tiny = ",dataset=digits,depth=30,width=32,steps=300,batch=64" if args.tiny else ""
-    norms = {"plain": "none"} if args.tiny else NORMS  # the tests check the plain pair
+    tiny = TINY if args.tiny else ""
+    norms = {"plain": "none"} if args.tiny else NORMS  # tiny: the plain pair, the claim
+    # tiny: no mid-run diagnostics (the report uses none; their compile is the cost)
+    extra = {"diag_every_steps": 0} if args.tiny else {}
     main_runs = {
-        f"{init_label}, {norm_label}": _run(
-            args, f"{norm}_{init}", f"init={init},norm={norm}{tiny}")
+        f"{init_label}, {norm_label}": train_config(
+            args, f"{norm}_{init}", f"{CONFIG}:init={init},norm={norm}{tiny}", **extra)
         for norm_label, norm in norms.items() for init_label, init in INITS.items()
     }
     depth_runs: dict[tuple[str, int], RunResult] = {}
     if not args.tiny:
         for depth in SWEEP_DEPTHS:
-            depth_runs[("LeCun", depth)] = _run(
-                args, f"sweep_lecun_d{depth}", f"init=lecun_normal,depth={depth},"
-                f"steps={SWEEP_STEPS}")
-        depth_runs[("Kaiming", SWEEP_DEPTHS[-1])] = _run(
+            depth_runs[("LeCun", depth)] = train_config(
+                args, f"sweep_lecun_d{depth}",
+                f"{CONFIG}:init=lecun_normal,depth={depth},steps={SWEEP_STEPS}")
+        depth_runs[("Kaiming", SWEEP_DEPTHS[-1])] = train_config(
             args, f"sweep_kaiming_d{SWEEP_DEPTHS[-1]}",
-            f"init=kaiming_normal,depth={SWEEP_DEPTHS[-1]},steps={SWEEP_STEPS}")
+            f"{CONFIG}:init=kaiming_normal,depth={SWEEP_DEPTHS[-1]},steps={SWEEP_STEPS}")
     init_std = {label: preact_std_at_init(f"init={init},norm=none{tiny}")
                 for label, init in INITS.items()}
 
@@ -112,29 +112,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 xlabel="layer", ylabel="std of the pre-activation", logy=True)
     report.figure(fig, "preact_std_at_init.png",
                   "Pre-activation std by layer at init, no BN (256 training images)")
-    first_last = [[k, v[0], v[-1], (v[-1] / v[0]) ** (1 / (len(v) - 1))]
-                  for k, v in init_std.items()]
-    report.table(["init", "layer 1", f"layer {len(next(iter(init_std.values())))}",
-                  "factor per layer"], first_last, spec=".3g")
+    depth = len(next(iter(init_std.values())))
+    report.table(["init", "layer 1", f"layer {depth}", "factor per layer"],
+                 [[k, v[0], v[-1], per_layer_factor(v)] for k, v in init_std.items()],
+                 spec=".3g")
     report.text("Predicted factor per layer: 1 for Kaiming, 1/√2 ≈ 0.707 for LeCun.")
 
     report.heading("Training")
-    rows = []
     summary: dict[str, Any] = {"init_preact_std": init_std, "runs": {}}
     for label, run in main_runs.items():
-        steps, loss = run.series("train_loss")
-        exit_step = plateau_exit(run)
-        row = {
+        loss = run.series("train_loss")[1]
+        summary["runs"][label] = {
             "loss@100": float(loss[0]) if len(loss) else None,
-            "loss@end": None if run.diverged else run.final("train_loss"),
-            "plateau_exit": exit_step,
-            "test_accuracy": None if run.diverged else run.final("eval_accuracy"),
+            "loss@end": final_metric(run, "train_loss"),
+            "plateau_exit": plateau_exit(run),
+            "test_accuracy": final_metric(run, "eval_accuracy"),
             "diverged": run.diverged,
         }
-        summary["runs"][label] = row
-        rows.append([label, row["loss@100"], exit_step, row["loss@end"], row["test_accuracy"]])
     report.table(["run", "train loss, steps 1–100", f"first step with loss < {PLATEAU}",
-                  "final train loss", "final test accuracy"], rows, spec=".4f")
+                  "final train loss", "final test accuracy"],
+                 [[label, r["loss@100"], r["plateau_exit"], r["loss@end"], r["test_accuracy"]]
+                  for label, r in summary["runs"].items()], spec=".4f")
     fig, axes = new_figure(2)
     plot_curves(axes[0], {k: r.series("train_loss") for k, r in main_runs.items()},
                 xlabel="step", ylabel="train loss (mean over 100 steps)", logy=True)
@@ -144,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if depth_runs:
         report.heading("How long the plain LeCun net stalls, by depth")
-        rows = [[init, depth, plateau_exit(r), r.final("train_loss"),
-                 r.final("eval_accuracy")] for (init, depth), r in depth_runs.items()]
+        rows = [[init, d, plateau_exit(r), r.final("train_loss"), r.final("eval_accuracy")]
+                for (init, d), r in depth_runs.items()]
         lecun30 = main_runs["LeCun (\"Xavier\"), plain"]
         rows.insert(2, ["LeCun", 30, plateau_exit(lecun30),
                         _at(lecun30, "train_loss", SWEEP_STEPS),
@@ -159,13 +157,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     xlabel="step", ylabel="train loss", logy=True)
         report.figure(fig, "depth_sweep.png", "Plain nets of other depths (same width, lr); "
                       "curves stuck at the chance loss ln 10 overlap")
-        summary["depth_sweep"] = {f"{i}_{d}": plateau_exit(r) for (i, d), r in
-                                  depth_runs.items()}
+        summary["depth_sweep"] = {f"{i}_{d}": plateau_exit(r)
+                                  for (i, d), r in depth_runs.items()}
     report.heading("Result")
     report.text(_verdict(main_runs, depth_runs))
+    report.text(verdict_table(verdicts(summary)))
     report.save_json("results.json", summary)
     print(f"wrote {report.write()}")
     return summary
+
+
+def verdicts(summary: dict[str, Any]) -> list[Verdict]:
+    """The claims' verdicts, from the numbers in `summary` (one seed each: preliminary)."""
+    kaiming, lecun = (per_layer_factor(summary["init_preact_std"][k]) for k in INITS)
+    kept = 0.9 < kaiming < 1.1 and abs(lecun - 2**-0.5) < 0.06
+    runs = summary["runs"]
+    k_exit = runs["Kaiming, plain"]["plateau_exit"]
+    l_exit = runs["LeCun (\"Xavier\"), plain"]["plateau_exit"]
+    trains = ("not reproduced" if k_exit is None else "reproduced" if l_exit is None
+              else "partly reproduced" if l_exit > k_exit else "not reproduced")
+    out = [
+        Verdict("at init, std per layer ×1 (Kaiming) vs ×1/√2 (LeCun)",
+                f"×{kaiming:.3f} vs ×{lecun:.3f}",
+                "reproduced" if kept else "not reproduced", n=1),
+        Verdict("plain net: Kaiming trains, LeCun stalls",
+                f"off the plateau (loss < {PLATEAU}) at step {k_exit} vs {l_exit}", trains, n=1),
+    ]
+    if "Kaiming, BN" in runs:
+        accs = [runs[f"{i}, BN"]["test_accuracy"] for i in INITS]
+        out.append(Verdict("with BN both inits train",
+                           "test accuracy " + " vs ".join(f"{a:.4f}" for a in accs),
+                           "reproduced" if min(accs) > 0.9 else "not reproduced", n=1))
+    return out
 
 
 def _verdict(main_runs: dict[str, RunResult], depth_runs: dict[tuple[str, int], RunResult]) -> str:

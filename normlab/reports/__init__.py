@@ -16,6 +16,9 @@ Every experiment under `experiments/` writes its results with this package:
 - `normlab.reports.runs`: train a config through `normlab.train.loop.train` (or reuse a
   finished run) and read its metrics as series; `steps_to_reach`; `describe_runs` (provenance
   of the runs behind a report).
+- `normlab.reports.probes`: `preacts_at_init` (a config's per-layer pre-activations at init).
+- `normlab.reports.experiment`: the shared command line of `experiments/*/run.py` and
+  `train_config` (train a config spec into the experiment's runs folder).
 - `normlab.reports.stats`: a run's final / best / mean-of-last metric, `choose_lr` (on a
   validation metric), and across seeds: mean, sample sd, t CI, Welch's test, bootstrap CI,
   steps to a threshold with a CI.

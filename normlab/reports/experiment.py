@@ -18,7 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import jax
+from ml_collections import ConfigDict
+
+from normlab.config import load_config
+from normlab.reports.runs import RunResult, run_training
 from normlab.train.run_info import command_line
 
 RUNS = "runs"  # training workdirs, under the output folder (not committed: see its .gitignore)
@@ -27,11 +33,14 @@ RUNS = "runs"  # training workdirs, under the output folder (not committed: see 
 def parse_experiment_args(
     doc: str | None, script: str | Path, argv: Sequence[str] | None = None
 ) -> argparse.Namespace:
-    """Parses `--tiny`, `--out`, `--runs`, `--reuse` and `--progress`; adds `command`.
+    """Parses `--tiny`, `--out`, `--runs`, `--reuse` and `--progress`; adds `command` and
+    `devices`.
 
     Defaults: `out` is the script's folder (where the committed report lives), `runs` is
     `out/runs`. `command` is the command line that reproduces the run: the real one when
     `argv` is None (a script launch), else `python <script> <argv>` (a call from Python).
+    `devices` (for `train_config`): one device with `--tiny` (tiny nets sharded over the test
+    suite's 8 fake CPU devices take twice the CPU time), else None (every device).
     """
     script = Path(script).resolve()
     parser = argparse.ArgumentParser(
@@ -46,6 +55,7 @@ def parse_experiment_args(
     parser.add_argument("--progress", action="store_true", help="show training progress lines")
     args = parser.parse_args(argv)
     args.runs = args.runs or args.out / RUNS
+    args.devices = jax.devices()[:1] if args.tiny else None
     if argv is None:
         args.command = command_line()
     else:
@@ -55,6 +65,21 @@ def parse_experiment_args(
             shown = script
         args.command = shlex.join(["python", str(shown), *argv])
     return args
+
+
+def train_config(
+    args: argparse.Namespace, name: str, spec: str, **overrides: Any
+) -> RunResult:
+    """Trains config `spec` ("configs/x.py:arg") with top-level `overrides` in `args.runs/name`
+    (`run_training`, with the `--reuse` / `--progress` / device choices of `args`).
+
+        run = train_config(args, "bn_lr0.5", "configs/e4_bn_mnist.py:norm=batch,lr=0.5")
+    """
+    config: ConfigDict = load_config(spec)
+    for key, value in overrides.items():
+        config[key] = value
+    return run_training(config, args.runs / name, name=name, reuse=args.reuse,
+                        progress=args.progress, devices=args.devices)
 
 
 def experiments_dir() -> Path:

@@ -116,11 +116,13 @@ def run_training(
     name: str | None = None,
     reuse: bool = False,
     progress: bool = False,
+    devices: Sequence[Any] | None = None,
 ) -> RunResult:
     """Trains `config` from scratch in `workdir` (`normlab.train.loop.train`) and reads back its
     metrics. With `reuse`, a finished (or diverged) run of the same config (the `mesh` field
     aside) found there is read instead of retrained. A previous normlab run in `workdir` is
     deleted first; any other non-empty folder raises ValueError rather than being deleted.
+    `devices`: the mesh's devices (default: every visible device).
 
         result = run_training(config, "runs/bn", name="BN", reuse=True)
     """
@@ -137,7 +139,7 @@ def run_training(
             )
         shutil.rmtree(workdir)
     try:
-        summary = train(config, workdir, progress=progress)
+        summary = train(config, workdir, progress=progress, devices=devices)
     except NonFiniteLossError as err:
         (workdir / DIVERGED).write_text(json.dumps({"message": str(err)}) + "\n")
         return RunResult(name, workdir, _records(workdir), {}, str(err))
