@@ -34,7 +34,18 @@ from normlab.config import load_config
 from normlab.data.datasets import load_arrays
 from normlab.nn.activations import make_activation
 from normlab.nn.dropout import Dropout, linear_depth_rates
-from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
+from normlab.reports import (
+    Report,
+    RunResult,
+    choose_lr,
+    describe_runs,
+    final_metric,
+    fmt_mean_ci,
+    new_figure,
+    plot_curves,
+    run_training,
+    summarize,
+)
 from normlab.reports.experiment import parse_experiment_args
 from normlab.train import inputs
 from normlab.train.saved import load_saved
@@ -43,7 +54,8 @@ CONFIG = "configs/e7_regularization.py"
 GRID = {"dropout": (0.3, 0.5), "dropout_classic": (0.3, 0.5), "dropconnect": (0.3, 0.5),
         "l2": (5e-4, 5e-3), "label_smoothing": (0.1, 0.3),
         "mixup": (0.2, 1.0), "cutout": (8, 14), "augment": (2, 4)}
-TINY_GRID = {"dropout": (0.5,), "mixup": (0.4,)}
+# tiny: one strength each of a noise regularizer and a weight penalty, both strong enough to act
+TINY_GRID = {"dropout": (0.5,), "l2": (5e-3,)}
 LABELS = {"baseline": "baseline", "dropout": "dropout (rate)",
           "dropout_classic": "classic dropout (rate)", "dropconnect": "DropConnect (rate)",
           "l2": "L2 (coefficient)",
@@ -60,13 +72,9 @@ def _run(args, name: str, spec: str) -> RunResult:
                         reuse=args.reuse, progress=args.progress)
 
 
-def _final(run: RunResult, key: str) -> float | None:
-    return None if run.diverged else run.final(key)
-
-
 def gap(run: RunResult) -> float | None:
     """Train accuracy (clean training images, eval mode) minus test accuracy, at the end."""
-    fit, test = _final(run, "fit_accuracy"), _final(run, "test_accuracy")
+    fit, test = final_metric(run, "fit_accuracy"), final_metric(run, "test_accuracy")
     return None if fit is None or test is None else fit - test
 
 
@@ -154,21 +162,11 @@ def dropout_check(run: RunResult, masks: int, images: int) -> dict[str, Any]:
     return out
 
 
-def _mean_spread(values: Sequence[float | None]) -> str:
-    """"mean ± half-range" over seeds (just the value for one seed; — if any run diverged)."""
-    if not values or any(v is None for v in values):
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {(max(values) - min(values)) / 2:.4f}"
-
-
 def _seed_stats(runs: Sequence[RunResult]) -> dict[str, Any]:
     keys = {"train": "fit_accuracy", "val": "val_accuracy", "test": "test_accuracy"}
-    out = {name: [_final(r, key) for r in runs] for name, key in keys.items()}
+    out = {name: [final_metric(r, key) for r in runs] for name, key in keys.items()}
     out["gap"] = [gap(r) for r in runs]
-    out["mean"] = {k: (None if any(v is None for v in vals) else float(np.mean(vals)))
-                   for k, vals in out.items()}
+    out["mean"] = {k: (None if None in vals else summarize(vals).mean) for k, vals in out.items()}
     return out
 
 
@@ -182,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     baseline = [_run(args, f"mlp_baseline_s{s}", f"method=baseline,seed={s}{data}") for s in seeds]
     tried = {(m, v): _run(args, f"mlp_{m}_{v:g}_s0", f"method={m},strength={v}{data}")
              for m, values in grid.items() for v in values}
-    chosen = {m: max(values, key=lambda v: _final(tried[(m, v)], "val_accuracy") or 0.0)
+    # the strength with the best validation accuracy (the smaller one on a tie)
+    chosen = {m: choose_lr({v: tried[(m, v)] for v in values}, "val_accuracy")
               for m, values in grid.items()}
     per_seed = {"baseline": baseline}
     for m, v in chosen.items():
@@ -220,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "dropout, no augmentation), **gap** = train − test accuracy, both at the end of "
         "training. Each regularizer's strength is chosen among two values by validation "
         "accuracy (seed 0); the chosen one and the baseline are then run with every seed and "
-        "reported as mean ± half-range."
+        "reported as mean ± 95% CI (Student t; n = the number of seeds)."
     )
 
     report.heading("MLP: train/test accuracy and gap per regularizer")
@@ -233,24 +232,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         d_test = (None if stats["mean"]["test"] is None or base["mean"]["test"] is None
                   else stats["mean"]["test"] - base["mean"]["test"])
         rows.append([LABELS[m], "—" if m == "baseline" else f"{chosen[m]:g}",
-                     _mean_spread(stats["train"]), _mean_spread(stats["test"]),
-                     _mean_spread(stats["gap"]), d_gap, d_test, _mean_spread(stats["val"])])
+                     *(fmt_mean_ci(stats[k], ".4f", show_n=False)
+                       for k in ("train", "test", "gap")), d_gap, d_test,
+                     fmt_mean_ci(stats["val"], ".4f", show_n=False)])
         summary["methods"][m] = {**stats, "delta_gap": d_gap, "delta_test": d_test,
                                  "strength": chosen.get(m)}
-    report.table(["method", "strength", "train acc", "test acc", "gap", "Δ gap vs baseline",
-                  "Δ test vs baseline", "val acc"], rows, spec="+.4f")
+    n = f" (95% CI, n={len(seeds)})"
+    report.table(["method", "strength", f"train acc{n}", f"test acc{n}", f"gap{n}",
+                  "Δ gap vs baseline", "Δ test vs baseline", f"val acc{n}"], rows, spec="+.4f")
     report.text("Δ columns: mean over seeds minus the baseline's mean (negative Δ gap = a "
                 "smaller gap).")
 
     report.heading("Strength grid (seed 0)", level=3)
     rows = []
     for (m, v), run in tried.items():
-        rows.append([LABELS[m], f"{v:g}" + (" ←" if chosen[m] == v else ""),
-                     _final(run, "fit_accuracy"), _final(run, "val_accuracy"),
-                     _final(run, "test_accuracy"), gap(run)])
-        summary["grid"][f"{m}={v:g}"] = {"train": _final(run, "fit_accuracy"),
-                                         "val": _final(run, "val_accuracy"),
-                                         "test": _final(run, "test_accuracy"), "gap": gap(run)}
+        cell = {k: final_metric(run, f"{split}_accuracy")
+                for k, split in (("train", "fit"), ("val", "val"), ("test", "test"))}
+        summary["grid"][f"{m}={v:g}"] = {**cell, "gap": gap(run)}
+        rows.append([LABELS[m], f"{v:g}" + (" ←" if chosen[m] == v else ""), *cell.values(),
+                     gap(run)])
     report.table(["method", "strength (← chosen)", "train acc", "val acc", "test acc", "gap"],
                  rows, spec=".4f")
 
@@ -339,10 +339,10 @@ def _resnet_section(report: Report, resnet: dict[str, RunResult], summary: dict)
         "stochastic_depth_rate", 0.0) for m, run in resnet.items()}
     for m, run in resnet.items():
         rows.append([LABELS[m] + (f" = {rates[m]:g}" if rates[m] else ""),
-                     _final(run, "fit_accuracy"), _final(run, "val_accuracy"),
-                     _final(run, "test_accuracy"), gap(run)])
-        summary[f"resnet_{m}"] = {"train": _final(run, "fit_accuracy"),
-                                  "test": _final(run, "test_accuracy"), "gap": gap(run)}
+                     final_metric(run, "fit_accuracy"), final_metric(run, "val_accuracy"),
+                     final_metric(run, "test_accuracy"), gap(run)])
+        summary[f"resnet_{m}"] = {"train": final_metric(run, "fit_accuracy"),
+                                  "test": final_metric(run, "test_accuracy"), "gap": gap(run)}
     report.table(["net", "train acc", "val acc", "test acc", "gap"], rows, spec=".4f")
     block_rates = linear_depth_rates(3, rates["stochastic_depth"])
     report.text("With stochastic depth the 3 residual branches are dropped per example with the "
