@@ -27,7 +27,16 @@ from typing import Any
 import numpy as np
 
 from normlab.config import load_config
-from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
+from normlab.reports import (
+    Report,
+    RunResult,
+    describe_runs,
+    fmt_mean_ci,
+    new_figure,
+    plot_curves,
+    run_training,
+    summarize,
+)
 from normlab.reports.experiment import parse_experiment_args
 from normlab.train.ensemble_eval import evaluate_ensemble
 from normlab.train.saved import snapshot_paths
@@ -52,13 +61,8 @@ def _run(args, name: str, spec: str, **fields: Any) -> RunResult:
                         progress=args.progress)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def _pm(values: Sequence[float], scale: float = 1.0, spec: str = ".2f") -> str:
-    mean, std = _mean_std([v * scale for v in values])
-    return f"{mean:{spec}} ± {std:{spec}}" if len(values) > 1 else f"{mean:{spec}}"
+    return fmt_mean_ci(values, spec, scale=scale)
 
 
 def ensembles(args, size: dict, report: Report) -> tuple[dict, list[RunResult]]:
@@ -98,7 +102,7 @@ def ensembles(args, size: dict, report: Report) -> tuple[dict, list[RunResult]]:
     )]
     report.heading("(a) Ensembles vs single nets")
     report.table(["model", "test accuracy (%)", "test NLL"], rows)
-    report.text("± is the standard deviation over seeds (members for the first row). The "
+    report.text("± is the 95% CI of the mean over seeds (members for the first row). The "
                 "ensembles average the members' probabilities; NLL = −mean log p̄(y|x).")
     fig, axes = new_figure(2)
     sizes = list(range(1, k + 1))
@@ -171,13 +175,14 @@ def transfer(
         report.table(["target labels n", *METHODS],
                      [[f"{n:,}", *(_pm(table[m][n], 100) for m in METHODS)]
                       for n in size["labels"]])
-        report.text(f"Test accuracy (%) on the target's test set, mean ± std over seeds "
+        report.text(f"Test accuracy (%) on the target's test set, mean ± 95% CI over seeds "
                     f"{list(size['seeds'])}. The source net reaches "
                     f"{100 * source.final('test_accuracy'):.2f}% on its own test set.")
         for method in METHODS:
-            means = [_mean_std(table[method][n]) for n in size["labels"]]
-            ax.errorbar(size["labels"], [100 * m for m, _ in means],
-                        yerr=[100 * s for _, s in means], marker="o", capsize=3, label=method)
+            s = [summarize(table[method][n]) for n in size["labels"]]
+            ax.errorbar(size["labels"], [100 * x.mean for x in s],
+                        yerr=[100 * np.nan_to_num(x.ci) for x in s], marker="o", capsize=3,
+                        label=method)
         ax.set_xscale("log")
         ax.set(xlabel="target training labels n", ylabel="target test accuracy (%)", title=label)
         ax.grid(True, alpha=0.3)
@@ -223,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _verdict(ens: dict, trans: dict, size: dict) -> str:
     k = size["members"]
-    acc, nll = _mean_std(ens["single_accuracy"]), _mean_std(ens["single_nll"])
+    acc, nll = [summarize(ens[k]).mean for k in ("single_accuracy", "single_nll")]
     beats_all = (ens["ensemble_accuracy"] > max(ens["single_accuracy"])
                  and ens["ensemble_nll"] < min(ens["single_nll"]))
     snap = {key: float(np.mean(ens[key])) for key in (
@@ -233,7 +238,7 @@ def _verdict(ens: dict, trans: dict, size: dict) -> str:
     snap_nll_better = snap["snapshot_ensemble_nll"] < snap["snapshot_single_nll"]
     lines = [
         f"- **Ensemble of {k}**: {100 * ens['ensemble_accuracy']:.2f}% / NLL "
-        f"{ens['ensemble_nll']:.4f} vs its members {100 * acc[0]:.2f}% / {nll[0]:.4f} (mean) "
+        f"{ens['ensemble_nll']:.4f} vs its members {100 * acc:.2f}% / {nll:.4f} (mean) "
         f"and one net trained {k}× longer {100 * ens['long_accuracy']:.2f}% / "
         f"{ens['long_nll']:.4f}: "
         + ("better than every member in both: reproduced." if beats_all else
