@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from normlab.config import parse_arg
+from normlab.registry import NORMS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # configs/: common.py
 from common import RESNET_ARGS, resnet_classifier  # noqa: E402
@@ -48,7 +49,7 @@ def sweep(add, arg=None):
     override cannot add it), so group norms are swept over their group count instead.
     """
     a = parse_arg(arg, **RESNET_ARGS)
-    if a.norm.startswith(("group", "evonorm_s0")):
+    if NORMS.get(a.norm).takes_groups:
         for groups in (1, 2, 4) if a.runlocal else (1, 2, 4, 8, 16):
             add(model__norm_kwargs__num_groups=groups)
     else:

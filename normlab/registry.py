@@ -3,6 +3,8 @@
 A `Registry` maps names to components of one kind (norms, activations, initializers, ...). The
 modules that fill a registry are imported the first time it is asked for a name, so importing
 `normlab.registry` stays cheap and a config can name a component before anything imports it.
+A registry names packages (every module in them is imported: `normlab.nn`, `normlab.models`)
+or single modules, so a new component in a new file of those packages needs no list edited.
 
     from normlab.registry import NORMS
     GroupNorm = NORMS.get("group")                  # the class
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,7 +28,8 @@ class Registry:
 
     Args:
       kind: what the components are, singular ("norm"); used in error messages.
-      modules: the modules whose import registers this kind's components.
+      modules: the modules whose import registers this kind's components; a package stands
+        for every module in it (found with `pkgutil`, not a kept list).
     """
 
     def __init__(self, kind: str, modules: Iterable[str] = ()):
@@ -49,8 +53,10 @@ class Registry:
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            for module in self._modules:
-                importlib.import_module(module)
+            for name in self._modules:
+                module = importlib.import_module(name)
+                for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+                    importlib.import_module(f"{name}.{info.name}")
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""
@@ -91,31 +97,19 @@ class Registry:
         return entry(*args, **kwargs)
 
 
-NORMS = Registry(
-    "norm",
-    [
-        "normlab.nn.norms",
-        "normlab.nn.batch_renorm",
-        "normlab.nn.response_norms",
-        "normlab.nn.proxy",
-    ],
-)
-ACTIVATIONS = Registry("activation", ["normlab.nn.activations"])
-INITIALIZERS = Registry("initializer", ["normlab.nn.initializers"])
-REGULARIZERS = Registry(
-    "regularizer", ["normlab.nn.dropout", "normlab.nn.penalties", "normlab.nn.losses"]
-)
+NN = "normlab.nn"  # the layers package: norms, activations, initializers, regularizers, ...
+NORMS = Registry("norm", [NN])
+ACTIVATIONS = Registry("activation", [NN])
+INITIALIZERS = Registry("initializer", [NN])
+REGULARIZERS = Registry("regularizer", [NN])
 AUGMENTATIONS = Registry("augmentation", ["normlab.data.augment"])
 PREPROCESSING = Registry("preprocessing", ["normlab.data.preprocess"])
-POOLING = Registry("pooling", ["normlab.nn.pooling"])
-CONVOLUTIONS = Registry("conv", ["normlab.nn.weight_std"])
-CONV_ALGORITHMS = Registry("conv_algorithm", ["normlab.nn.conv_matmul"])
-RESIDUAL_INITS = Registry("residual_init", ["normlab.nn.residual_init"])
+POOLING = Registry("pooling", [NN])
+CONVOLUTIONS = Registry("conv", [NN])
+CONV_ALGORITHMS = Registry("conv_algorithm", [NN])
+RESIDUAL_INITS = Registry("residual_init", [NN])
 DATASETS = Registry("dataset", ["normlab.data.datasets"])
-MODELS = Registry(
-    "model",
-    ["normlab.models.mlp", "normlab.models.cnn", "normlab.models.vgg", "normlab.models.resnet"],
-)
+MODELS = Registry("model", ["normlab.models"])
 OPTIMIZERS = Registry("optimizer", ["normlab.train.optim"])
 SCHEDULES = Registry("schedule", ["normlab.train.optim"])
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from finite_differences import fd_grads
 
-from normlab.nn.norms import GroupNorm, Identity, InstanceNorm, LayerNorm, RMSNorm
+from normlab.nn.norms import BatchNorm, GroupNorm, Identity, InstanceNorm, LayerNorm, RMSNorm
 from normlab.nn.stats import group_moments, mean_square, moments
 from normlab.registry import NORMS
 
@@ -169,6 +169,81 @@ def test_large_mean_stays_exact():
     # normalize's folded multiply-add costs ~ulp(1)·|μ|/σ ≈ 1e-5 here, hence 5e-5.
     y = _apply(LayerNorm(), x)
     np.testing.assert_allclose(y, ref_layer(x64, 1.0, 0.0), rtol=5e-5, atol=5e-5)
+
+
+# ---- exactness where a folded x·a + (β − μ·a) would cancel -------------------------------------
+
+
+def _train_apply(module, x, scale, bias):
+    variables = module.init(jax.random.key(0), x)
+    variables = {**variables, "params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
+    y, _ = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    return np.asarray(y, np.float64)
+
+
+@pytest.mark.parametrize(
+    ("module", "shape"),
+    [
+        (BatchNorm(), (1, 8)),  # one example: every channel's batch variance is 0
+        (GroupNorm(group_size=1), (3, 1, 1, 8)),  # one value per group: σ² = 0
+        (InstanceNorm(), (3, 1, 1, 8)),
+    ],
+)
+def test_zero_variance_gives_exactly_the_bias(module, shape):
+    # One value per group, so μ = x exactly and (x − μ)/sqrt(0 + ε)·γ + β = β. Folded,
+    # y = x·a + (β − μ·a) with a = γ/√ε ≈ 316·γ rounds x·a and μ·a apart: β ± 4e-6 here
+    # (β ± 3e-5 for |x| ~ 10). (A group of several equal values is not exact in float32 either
+    # way: their float32 mean need not equal them.)
+    x = _x(shape, seed=40, loc=3.0, scale=3.0)
+    scale, bias = _affine(shape[-1], seed=41)
+    y = _train_apply(module, x, scale, bias)
+    np.testing.assert_allclose(y, np.broadcast_to(bias, shape), rtol=1e-7, atol=1e-7)
+
+
+def _min_std(x, axes):
+    return np.sqrt(x.var(axis=axes)).min()
+
+
+@pytest.mark.parametrize(
+    ("module", "ref", "min_std"),
+    [
+        (BatchNorm(), lambda x, s, b: ref_standardize(x, (0, 1, 2)) * s + b,
+         lambda x: _min_std(x, (0, 1, 2))),
+        (LayerNorm(), ref_layer, lambda x: _min_std(x, (1, 2, 3))),
+        (GroupNorm(num_groups=2), lambda x, s, b: ref_group(x, 2, s, b),
+         lambda x: _min_std(x.reshape(8, 16, 2, 4), (1, 3))),
+        (InstanceNorm(), ref_instance, lambda x: _min_std(x, (1, 2))),
+    ],
+    ids=["batch", "layer", "group", "instance"],
+)
+def test_mean_large_relative_to_std(module, ref, min_std):
+    # x = 1000 + N(0, 1): μ in float32 is off by half an ulp of 1000 from its rounding and by
+    # about as much again from the float32 sums behind it (the per-example norms merge
+    # per-channel means), which moves y by |γ|/σ times that. Unit u = ulp(1000)·max|γ|/min σ;
+    # measured 0.6 u (BN) to 1.3 u (IN), bound 2 u. The folded form x·a + (β − μ·a) also
+    # rounds x·a ≈ 1000·γ/σ: BN then errs by 1.8 u, a one-pass variance by ~100 u.
+    x = _x((8, 4, 4, 8), seed=42, loc=1000.0, scale=1.0)
+    scale, bias = _affine(8, seed=43)
+    x64 = x.astype(np.float64)
+    expected = ref(x64, scale.astype(np.float64), bias.astype(np.float64))
+    bound = np.spacing(np.float32(1000.0)) * np.abs(scale).max() / min_std(x64)
+    y = _train_apply(module, x, scale, bias)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=2 * bound)
+
+
+@pytest.mark.parametrize("name", NORMS.names())
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.int32, jnp.bool_])
+def test_every_norm_rejects_inputs_that_are_not_real_floating(name, dtype):
+    cls = NORMS.get(name)
+    module = NORMS.build(name, **({"num_groups": 2} if cls.takes_groups else {}))
+    x = jnp.ones((2, 3, 3, 4), dtype)
+    with pytest.raises(ValueError, match=f"input dtype {jnp.dtype(dtype).name} is not "
+                                         r"supported; accepted: real floating dtypes"):
+        module.init(jax.random.key(0), x)
+    if cls.has_running_stats:  # the eval path normalizes with the running statistics
+        variables = module.init(jax.random.key(0), jnp.ones(x.shape, jnp.float32))
+        with pytest.raises(ValueError, match=jnp.dtype(dtype).name):
+            module.apply(variables, x, train=False)
 
 
 # ---- equivalences ----------------------------------------------------------------------------

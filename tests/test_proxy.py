@@ -1,6 +1,7 @@
 """Proxy Normalization vs a float64 NumPy reference written from SPEC §1.2."""
 
 import math
+import zlib
 from statistics import NormalDist
 
 import flax.linen as nn
@@ -125,7 +126,8 @@ def test_spec_vectors(act):
 @pytest.mark.parametrize(("act", "shape"), [("relu", (2, 4, 4, 8)), ("silu", (3, 5, 3, 16)),
                                             ("gelu", (3, 5, 3, 16)), ("tanh", (4, 8))])
 def test_forward(kind, groups, act, shape):
-    rng = np.random.default_rng(hash((kind, act, shape)) % 2**32)
+    # crc32, not hash(): str hashes are salted per process, so the data would differ per run
+    rng = np.random.default_rng(zlib.crc32(repr((kind, act, shape)).encode()))
     x = rng.normal(1.0, 2.0, shape).astype(np.float32)
     p = _random_params(shape[-1], seed=shape[-1])
     module = _module(kind, groups, act, num_quantiles=64, epsilon=0.05)

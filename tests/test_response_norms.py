@@ -184,8 +184,10 @@ def test_evonorm_b0_global_statistics_under_shard_map():
     [
         ((3, 4, 5, 8), {"num_groups": 4}, 4),
         ((3, 4, 5, 8), {"group_size": 2}, 4),
-        ((2, 3, 3, 64), {}, 32),  # the default: 32 groups
-        ((2, 3, 3, 8), {}, 8),  # fewer than 32 channels: min(32, C) groups
+        ((2, 3, 3, 64), {}, 32),  # the default: the largest divisor of C that is <= 32
+        ((2, 3, 3, 48), {}, 24),  # 32 does not divide 48
+        ((2, 3, 3, 8), {}, 8),  # fewer than 32 channels: C groups
+        ((2, 3, 3, 3), {}, 3),
         ((2, 3, 3, 12), {"num_groups": 16}, 12),
         ((5, 6), {"num_groups": 2}, 2),
     ],
@@ -247,7 +249,7 @@ def test_registry_names():
     [
         (EvoNormS0(num_groups=2, group_size=2), (2, 3, 3, 8), "num_groups=2, group_size=2"),
         (EvoNormS0(num_groups=3), (2, 3, 3, 8), "num_groups=3"),
-        (EvoNormS0(), (2, 3, 3, 48), "num_groups=32"),
+        (EvoNormS0(num_groups=32), (2, 3, 3, 48), "num_groups=32"),  # explicit: must divide C
         (EvoNormS0(group_size=3), (2, 3, 3, 8), "group_size=3"),
         (EvoNormS0(epsilon=-1.0), (2, 3, 3, 8), "epsilon=-1.0"),
         (EvoNormB0(), (4, 8), r"spatial axes, got x.shape=\(4, 8\)"),

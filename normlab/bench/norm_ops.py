@@ -33,12 +33,14 @@ DEFAULT_NORMS = ("batch", "layer", "instance", "group", "group+proxy", "layer+pr
 # The activations of a CIFAR ResNet-20 at batch 128 (32², 16², 8² at 16/32/64 channels) and a
 # late ImageNet-ResNet stage at a small spatial size, where per-example norms were slowest.
 DEFAULT_SHAPES = ((128, 32, 32, 16), (128, 16, 16, 32), (128, 8, 8, 64), (64, 4, 4, 512))
-GROUPED = ("group", "evonorm_s0", FLAX_GROUP)
 
 
 def norm_kwargs(norm: str, groups: int, channels: int | None = None) -> dict[str, int]:
-    """{"num_groups": G} for the grouped norms (G = min(groups, channels)), {} for the others."""
-    if not norm.startswith(GROUPED):
+    """{"num_groups": G} for the grouped norms (G = min(groups, channels)), {} for the others.
+
+    Grouped: flax's GroupNorm and every norm whose class `takes_groups`.
+    """
+    if norm != FLAX_GROUP and not NORMS.get(norm).takes_groups:
         return {}
     return {"num_groups": groups if channels is None else min(groups, channels)}
 

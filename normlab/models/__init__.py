@@ -21,8 +21,8 @@ Conventions shared by every model:
     order `jax.tree_util` flattens a dict in, also after `jit` — are the depth order, and so is
     the natural-number order of `normlab.train.diagnostics.collect_preacts`. Within a ResNet
     block: norm_act1 < norm_act2 (< norm_act3) < norm_act_shortcut < out_act;
-  * norms fused with their own nonlinearity ("frn", "evonorm_b0", "evonorm_s0") are meant to be
-    used with activation="identity";
+  * norms fused with their own nonlinearity (class attribute `self_activated`: "frn",
+    "evonorm_b0", "evonorm_s0") are meant to be used with activation="identity";
   * the classifier is the top-level params entry "head" (`normlab.models.transfer`).
 """
 

@@ -26,7 +26,6 @@ own norm → act.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -49,19 +48,6 @@ Axes = tuple[str | None, str | None]
 BLOCKS = ("basic", "bottleneck")
 SHORTCUTS = ("projection", "zero_pad")
 BOTTLENECK_EXPANSION = 4
-# Norms fused with their own nonlinearity, and the keywords that switch it off where a v1 block
-# wants a linear norm (the branch's last norm, the projection's norm), as in the FRN paper.
-_LINEAR_NORM_KWARGS: dict[str, dict[str, Any]] = {"frn": {"use_tlu": False}}
-
-
-def _has_learnable_scale(norm: str, norm_kwargs: Mapping[str, Any]) -> bool:
-    """Whether `norm` has a scale γ whose init can be set through a `scale_init` field."""
-    parameters = inspect.signature(NORMS.get(norm)).parameters
-    if "scale_init" not in parameters:
-        return False
-    use_scale = parameters.get("use_scale")
-    default = True if use_scale is None else use_scale.default
-    return bool(norm_kwargs.get("use_scale", default))
 
 
 class ResidualBlock(nn.Module):
@@ -112,9 +98,11 @@ class ResidualBlock(nn.Module):
         axis: str | None = "embed",
     ) -> NormAct:
         """NormAct with the block's activation, or with none (`linear`) before an addition;
-        its per-channel params run along the logical `axis`."""
+        its per-channel params run along the logical `axis`. A linear norm gets the keywords
+        that switch off a nonlinearity of its own (FRN's TLU, as in the FRN paper: its class's
+        `linear_kwargs`)."""
         if linear:
-            norm_kwargs = {**_LINEAR_NORM_KWARGS.get(self.norm, {}), **norm_kwargs}
+            norm_kwargs = {**(NORMS.get(self.norm).linear_kwargs or {}), **norm_kwargs}
         return channel_params(NormAct, axis)(
             norm=self.norm,
             activation="identity" if linear else self.activation,
@@ -160,7 +148,7 @@ class ResidualBlock(nn.Module):
         layers = self._layers()
         m = len(layers)
         norm_kwargs = dict(self.norm_kwargs or {})
-        scale_after = not self.preact and _has_learnable_scale(self.norm, norm_kwargs)
+        scale_after = not self.preact and NORMS.get(self.norm).has_learnable_scale(norm_kwargs)
         zeroes_kernel = res.fixup or (res.zero_last and not scale_after)
         if not self.preact and zeroes_kernel and self.norm != "none":
             # A zero kernel feeding a norm: the norm divides ~0 by sqrt(ε), gradients explode.

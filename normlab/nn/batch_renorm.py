@@ -49,6 +49,9 @@ class BatchRenorm(NormFields):
         y, updates = brn.apply(variables, x_NHWC, train=True, mutable=["batch_stats"])
     """
 
+    batch_dependent = True
+    has_running_stats = True
+
     momentum: float = 0.99
     r_max: float = 3.0
     d_max: float = 5.0

@@ -9,6 +9,8 @@ norm and an activation separately: they call `NormAct`, which picks the right co
 
 FRN (+TLU) and EvoNorm carry their own nonlinearity and replace "BN + ReLU" as a whole
 (Singh & Krishnan 2019; Liu et al. 2020), so `NormAct` applies no further activation after them.
+Which norm is which is said by the norm classes (`self_activated`, `proxy`:
+`normlab.nn.capabilities.Norm`).
 
 The input to the nonlinearity is recorded with `sow("intermediates", "preact", ...)` so that
 diagnostics (saturation, dead units, percentiles, power decomposition) can read it without
@@ -26,13 +28,11 @@ import jax
 from normlab.nn.activations import make_activation
 from normlab.registry import NORMS
 
-PROXY_SUFFIX = "+proxy"
-SELF_ACTIVATED = frozenset({"frn", "evonorm_b0", "evonorm_s0"})
-
 
 def is_proxy(norm: str) -> bool:
-    """True for the Proxy Norm composites (`layer+proxy`, `group+proxy`)."""
-    return norm.endswith(PROXY_SUFFIX)
+    """True for the registered norms that apply the activation themselves (Proxy Norm's
+    composites `layer+proxy`, `group+proxy`: their class's `proxy`)."""
+    return NORMS.get(norm).proxy
 
 
 class NormAct(nn.Module):
@@ -64,6 +64,6 @@ class NormAct(nn.Module):
             return layer(x, train=train)
         y = NORMS.build(self.norm, **norm_kwargs, name="norm")(x, train=train)
         self.sow("intermediates", "preact", y)
-        if self.norm in SELF_ACTIVATED:
+        if NORMS.get(self.norm).self_activated:
             return y
         return make_activation(self.activation, **act_kwargs)(y)

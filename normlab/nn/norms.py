@@ -21,7 +21,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from normlab.nn.capabilities import Norm
 from normlab.nn.stats import (
+    check_real_floating,
     cross_device_mean,
     group_norm_act,
     mean_square,
@@ -100,7 +102,7 @@ def running_stats(module: nn.Module, channels: int) -> tuple[Any, Any]:
     return mean, var
 
 
-class NormFields(nn.Module):
+class NormFields(Norm):
     """The fields every affine norm of normlab shares (a base class, not registered).
 
     epsilon (ε, added to the variance), use_scale / use_bias (learn γ / β per channel),
@@ -114,6 +116,8 @@ class NormFields(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
     dtype: Any = None
     param_dtype: Any = jnp.float32
+
+    learnable_scale = True
 
 
 @NORMS.register("batch")
@@ -143,6 +147,9 @@ class BatchNorm(NormFields):
         y, updates = bn.apply(variables, x_NHWC, train=True, mutable=["batch_stats"])
         y_eval = bn.apply({**variables, **updates}, x_NHWC)
     """
+
+    batch_dependent = True
+    has_running_stats = True
 
     momentum: float = 0.99
     axis_name: str | None = None
@@ -260,6 +267,8 @@ class GroupNorm(NormFields):
         y = gn.apply(gn.init(jax.random.key(0), x_NHWC), x_NHWC)
     """
 
+    takes_groups = True
+
     num_groups: int | None = None
     group_size: int | None = None
 
@@ -295,7 +304,7 @@ class RMSNorm(NormFields):
 
 
 @NORMS.register("none")
-class Identity(nn.Module):
+class Identity(Norm):
     """No normalization: y = x (no params, no state).
 
         y = Identity().apply({}, x_NHWC, train=True)
@@ -303,4 +312,5 @@ class Identity(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
+        check_real_floating(x.dtype)  # the same inputs as every other norm
         return x

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from normlab.nn.activations import make_activation
+from normlab.nn.capabilities import Norm
 from normlab.nn.norms import check_epsilon, check_input, resolve_groups
-from normlab.nn.stats import group_norm_act
+from normlab.nn.stats import check_real_floating, group_norm_act
 from normlab.registry import NORMS
 
 # Activations with φ(u) = u·φ'(u), for which the fused backward skips a pass (`group_norm_act`).
@@ -138,6 +139,9 @@ class ProxyActivation(nn.Module):
         z_NC, state = act.apply(variables, y_NC, mutable=["intermediates"])
     """
 
+    # the params of the proxy, with their own weight decay (`proxy_weight_decay`)
+    proxy_params: ClassVar[tuple[str, ...]] = ("proxy_bias", "proxy_scale")
+
     activation: str = "relu"
     num_quantiles: int = 200
     epsilon: float = 0.03
@@ -156,6 +160,7 @@ class ProxyActivation(nn.Module):
         (`normlab.nn.stats.group_norm_act`): two passes over x forward, two backward.
         """
         check_proxy_args("ProxyActivation", self.num_quantiles, self.epsilon)
+        check_real_floating(y.dtype)
         act = make_activation(self.activation)
         channels = y.shape[-1]
         scale_C = self.param("scale", self.scale_init, (channels,), self.param_dtype)
@@ -196,8 +201,11 @@ def check_proxy_args(layer: str, num_quantiles: int, epsilon: float) -> None:
         raise ValueError(f"{layer}: epsilon must be >= 0, got epsilon={epsilon}")
 
 
-class _NormProxy(nn.Module):
+class _NormProxy(Norm):
     """Fields shared by the Proxy Norm composites (not registered)."""
+
+    proxy = True
+    learnable_scale = True
 
     activation: str = "relu"
     num_quantiles: int = 200
@@ -250,6 +258,8 @@ class GroupNormProxy(_NormProxy):
         z = pn.apply(pn.init(jax.random.key(0), x_NHWC), x_NHWC)
     """
 
+    takes_groups = True
+
     num_groups: int | None = None
     group_size: int | None = None
 
@@ -262,12 +272,9 @@ class GroupNormProxy(_NormProxy):
         return self._proxy(x, groups)
 
 
-_PROXY_PARAMS = ("proxy_bias", "proxy_scale")
-
-
 def _is_proxy_leaf(path: tuple[Any, ...]) -> bool:
     last = path[-1] if path else None
-    return getattr(last, "key", getattr(last, "name", None)) in _PROXY_PARAMS
+    return getattr(last, "key", getattr(last, "name", None)) in ProxyActivation.proxy_params
 
 
 def proxy_param_mask(params: Any) -> Any:

@@ -36,6 +36,7 @@ from normlab.nn.stats import (
 from normlab.registry import NORMS
 
 Array = jnp.ndarray
+DEFAULT_GROUPS = 32  # EvoNorm-S0's groups when none are given (Liu et al. 2020), at most
 
 
 @NORMS.register("frn")
@@ -52,6 +53,9 @@ class FilterResponseNorm(NormFields):
         frn = FilterResponseNorm()
         y = frn.apply(frn.init(jax.random.key(0), x_NHWC), x_NHWC)
     """
+
+    self_activated = True
+    linear_kwargs = {"use_tlu": False}
 
     epsilon: float = 1e-6
     use_tlu: bool = True
@@ -93,6 +97,11 @@ class EvoNormB0(NormFields):
         variables = norm.init(jax.random.key(0), x_NHWC)
         y, updates = norm.apply(variables, x_NHWC, train=True, mutable=["batch_stats"])
     """
+
+    batch_dependent = True
+    has_running_stats = True
+    self_activated = True
+    linear_kwargs = None
 
     momentum: float = 0.99
     axis_name: str | None = None
@@ -142,13 +151,19 @@ class EvoNormS0(NormFields):
 
     y = x·sigmoid(v·x) / sqrt(σ²_group + ε)·γ + β, with σ²_group the biased variance per
     example over (H, W, C/G) (GroupNorm's groups of consecutive channels) and v a learnable
-    per-channel param "v" (init 1). Give at most one of `num_groups` and `group_size`; with
-    neither, 32 groups. The number of groups is min(num_groups, C) (so a layer with fewer than
-    32 channels gets one channel per group), and it must divide C. Train and eval are the same.
+    per-channel param "v" (init 1). Give at most one of `num_groups` and `group_size`. With
+    neither, the number of groups is the largest divisor of C that is at most 32 (the paper's
+    32 groups where C allows: 32 for C = 64, 24 for C = 48, C itself for C ≤ 32). An explicit
+    `num_groups` gives min(num_groups, C) groups (so a layer with fewer channels gets one channel
+    per group), which must divide C (ValueError otherwise). Train and eval are the same.
 
         norm = EvoNormS0(num_groups=8)
         y = norm.apply(norm.init(jax.random.key(0), x_NHWC), x_NHWC)
     """
+
+    self_activated = True
+    takes_groups = True
+    linear_kwargs = None
 
     num_groups: int | None = None
     group_size: int | None = None
@@ -160,9 +175,10 @@ class EvoNormS0(NormFields):
         channels = x.shape[-1]
         if self.group_size is not None:
             groups = resolve_groups("EvoNormS0", channels, self.num_groups, self.group_size)
+        elif self.num_groups is None:
+            groups = max(g for g in range(1, DEFAULT_GROUPS + 1) if channels % g == 0)
         else:
-            wanted = 32 if self.num_groups is None else self.num_groups
-            groups = resolve_groups("EvoNormS0", channels, min(wanted, channels), None)
+            groups = resolve_groups("EvoNormS0", channels, min(self.num_groups, channels), None)
         scale, bias = affine_params(self, channels)
         v = self.param("v", nn.initializers.ones, (channels,), self.param_dtype)
         _, var_group = group_moments(x, groups)

@@ -92,11 +92,9 @@ def bn_scope_kwargs(
 
 
 def batch_dependent(norm: str) -> bool:
-    """Whether the registered norm `norm` has batch statistics (an `axis_name` field)."""
-    cls = NORMS.get(norm)
-    return dataclasses.is_dataclass(cls) and "axis_name" in {
-        f.name for f in dataclasses.fields(cls)
-    }
+    """Whether the registered norm `norm` has batch statistics (its class's `batch_dependent`;
+    such a norm has the `axis_name` and `axis_index_groups` fields a scope sets)."""
+    return NORMS.get(norm).batch_dependent
 
 
 def scoped_norm_kwargs(
