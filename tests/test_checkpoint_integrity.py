@@ -169,7 +169,7 @@ def test_moved_aside_checkpoints_are_pruned(tmp_path):
     aside = tmp_path / "unreadable_checkpoints"
     for name in ("9_100", "7_200", "8_300"):  # moved aside earlier: step_unixtime
         (aside / name).mkdir(parents=True)
-    moved = ckpt._move_aside(1)
+    moved = ckpt.move_aside(1)
     kept = sorted(p.name for p in aside.iterdir())
     assert checkpoint_module.KEEP_UNREADABLE == 3
     assert kept == sorted(["7_200", "8_300", moved.name])  # the oldest move went, not step 9

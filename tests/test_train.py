@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,21 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert kept == pytest.approx(good["final"]["eval_accuracy"])
 
 
+def test_nan_stop_never_names_a_diverged_checkpoint(tmp_path):
+    # checkpoints after every step: the state saved right before the loss turned non-finite
+    # is itself the diverged one (its loss is that of the next step), and must not be named
+    every_step = ("steps_per_call=1", "log_every_steps=1", "checkpoint_every_steps=1",
+                  "eval_every_steps=0", "keep_checkpoints=100")
+    train(_digits_config("total_steps=10", *every_step), tmp_path, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint \(step (\d+)\)") as err:
+        train(_digits_config("total_steps=20", "lr=1e38", *every_step), tmp_path, progress=False)
+    named = int(re.search(r"last good checkpoint \(step (\d+)\)", str(err.value)).group(1))
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == named
+    kept = evaluate_workdir(tmp_path)["eval"]
+    assert np.isfinite(kept["loss"]), f"checkpoint {named} evaluates to loss={kept['loss']}"
+
+
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
     train(_digits_config(), tmp_path, progress=False)  # checkpoints at 10 and 20
     for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
@@ -148,21 +164,31 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, sig):
+    # SIGTERM is what SLURM sends a pre-empted or timed-out job before it kills it
     proc = _cli(["train", "--workdir", str(tmp_path), *LONG, "--config.total_steps=100000"])
     _wait_for_checkpoint(tmp_path, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert "interrupted: saved a checkpoint" in out
+    assert f"interrupted ({sig.name}): saved a checkpoint at step" in out
+    stopped = int(out.split("saved a checkpoint at step ")[1].split(";")[0])
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert 40 <= steps[-1] < 100000
+    assert 40 <= steps[-1] == stopped < 100000  # saved where it stopped, not at the last 40
 
 
 def test_checkpoints_of_another_model_are_not_overwritten(tmp_path):
     train(_digits_config("total_steps=10"), tmp_path, progress=False)
-    with pytest.raises(NormlabError, match=r"none of the checkpoints \[10\].*nothing was overwr"):
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    refused = r"checkpoints \[10\] do not fit this config.*nothing was moved or overwritten"
+    with pytest.raises(NormlabError, match=refused):
         train(_digits_config("model.width=50"), tmp_path, progress=False)
+    # a refused run writes nothing: config.json still describes the checkpoints
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != ".lock"} == {
+        k: v for k, v in before.items() if k != ".lock"
+    }
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):

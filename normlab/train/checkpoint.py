@@ -106,7 +106,7 @@ class Checkpointer:
                 )
                 continue
             for bad in failed:  # out of the way of this run's own saves at those steps
-                log.warning("moved the unreadable checkpoint %d to %s", bad, self._move_aside(bad))
+                log.warning("moved the unreadable checkpoint %d to %s", bad, self.move_aside(bad))
             return restored
         if failed:
             # Nothing is moved: with no checkpoint left to fall back on, the user decides.
@@ -151,10 +151,11 @@ class Checkpointer:
             _verify(step, "state", sums["state"], checksum.tree_digests(body["state"]))
         return body["state"], preprocess, meta
 
-    def _move_aside(self, step: int) -> Path:
-        """Moves an unreadable checkpoint out of the way (kept for inspection), so the resumed
-        run can write its own checkpoint at that step; keeps the newest `KEEP_UNREADABLE`."""
-        folder = self.directory.parent / "unreadable_checkpoints"
+    def move_aside(self, step: int, folder_name: str = "unreadable_checkpoints") -> Path:
+        """Moves a checkpoint that must not be resumed from (unreadable, or diverged) out of the
+        way, kept for inspection in `workdir/<folder_name>`, so the run can write its own
+        checkpoint at that step; keeps the newest `KEEP_UNREADABLE` there."""
+        folder = self.directory.parent / folder_name
         aside = folder / f"{step}_{int(time.time())}"
         if jax.process_index() == 0:
             folder.mkdir(parents=True, exist_ok=True)

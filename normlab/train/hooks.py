@@ -135,17 +135,29 @@ def _last_good(checkpointer: Checkpointer) -> str:
     checkpointer.wait()
     steps = checkpointer.steps()
     if not steps:
-        return "No checkpoint was saved yet."
+        return "No good checkpoint was saved."
     return f"The last good checkpoint (step {steps[-1]}) is kept in {checkpointer.directory}."
 
 
 def raise_if_diverged(run: Run, first_step: int, metrics: dict[str, np.ndarray]) -> None:
-    """NonFiniteLossError naming the first step of the chunk whose loss is not finite."""
+    """NonFiniteLossError naming the first step of the chunk whose loss is not finite.
+
+    The loss of step s + 1 is that of the state after step s: a non-finite loss in the chunk's
+    first step condemns the state saved at its start, if it was saved. That checkpoint is moved
+    to `workdir/diverged_checkpoints/` so that the one the message names, and a rerun resumes
+    from, is the newest state whose loss was seen finite.
+    """
     finite = np.isfinite(metrics["train_loss"])
     if np.all(finite):
         return
     bad = int(np.argmin(finite))
-    where = _last_good(run.checkpointer) if run.checkpointer is not None else ""
+    where = ""
+    if run.checkpointer is not None:
+        run.checkpointer.wait()
+        if bad == 0 and first_step in run.checkpointer.steps():
+            moved = run.checkpointer.move_aside(first_step, "diverged_checkpoints")
+            where = f"The checkpoint at step {first_step} diverges: moved to {moved}. "
+        where += _last_good(run.checkpointer)
     raise NonFiniteLossError(
         f"non-finite training loss ({metrics['train_loss'][bad]}) at step {first_step + bad + 1};"
         f" stopped. {where}"

@@ -59,6 +59,8 @@ def train(
         run = build_run(config, devices, workdir)  # refuses a config its checkpoints don't fit
         if is_main:
             (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if run.restored_meta is not None:
+            log.info("resumed from the checkpoint at step %d", run.start_step)
         hooks = default_hooks(run, workdir, progress=progress, is_main=is_main)
         step = run.start_step
         try:
@@ -71,8 +73,8 @@ def train(
                 for hook in hooks:
                     hook(run, tick)
                 if tick.stopping:
-                    log.warning("%s: saved a checkpoint at step %d; rerun to resume",
-                                stop.received, step)
+                    log.warning("interrupted (%s): saved a checkpoint at step %d; rerun to "
+                                "resume", stop.received, step)
                     break
         finally:
             for hook in hooks:

@@ -188,7 +188,7 @@ def build_run(
         preprocessor = found["preprocessor"]
         start_step = int(meta["step"])
         state = plan.to_run(canonical, run_model)
-        log.info("restored the checkpoint at step %d", start_step)
+        log.debug("restored %s at step %d", checkpointer.directory, start_step)
     elif must_restore:
         raise ValueError(f"{workdir} has no readable checkpoint in {Path(workdir) / folder}")
     else:
