@@ -16,20 +16,29 @@ every layer at init.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from normlab.config import load_config
-from normlab.data.datasets import load_arrays
 from normlab.nn.activations import make_activation
-from normlab.registry import MODELS
-from normlab.reports import Report, RunResult, describe_runs, new_figure, plot_curves, run_training
-from normlab.reports.experiment import parse_experiment_args
-from normlab.train.diagnostics import LINEAR, SATURATING, collect_preacts
-from normlab.train.inputs import fit_preprocessor, to_float
+from normlab.reports import (
+    Report,
+    RunResult,
+    Verdict,
+    choose_lr,
+    describe_runs,
+    final_metric,
+    fmt,
+    new_figure,
+    plot_curves,
+    verdict_table,
+)
+from normlab.reports.experiment import parse_experiment_args, train_config
+from normlab.reports.probes import preacts_at_init
+from normlab.train.diagnostics import LINEAR, SATURATING
 
 SHALLOW = "configs/e4_bn_mnist.py"
 DEEP = "configs/e2_depth.py"
@@ -43,12 +52,8 @@ DEEP_NETS = {  # label: (activation, init)
     "ReLU, Kaiming": ("relu", "kaiming_normal"),
 }
 DEEP_DEPTH = 32
-
-
-def _run(args, name: str, spec: str) -> RunResult:
-    config = load_config(spec)
-    return run_training(config, args.runs / name, name=name, reuse=args.reuse,
-                        progress=args.progress)
+# tiny: one saturating activation, and the deep SELU/ReLU pair at depth 20 (digits, seconds)
+TINY_ACTS, TINY_DEEP_DEPTH = ("tanh",), 20
 
 
 def unit_fraction(run: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -64,15 +69,8 @@ def unit_fraction(run: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray]:
 def activation_stats_at_init(spec: str, n: int = 256) -> dict[str, list[float]]:
     """Per-layer mean and std of the activations (outputs) at init on n training images."""
     config = load_config(spec)
-    x, _ = load_arrays(config.dataset, f"train[:{n}]" if config.dataset == "mnist" else "train")
-    x = to_float(x[:n])
-    x = np.asarray(fit_preprocessor(config, x)(x))
-    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-    model = MODELS.build(config.model.name, num_classes=10, **kwargs)
-    variables = model.init(jax.random.key(config.seed), x[:1], train=False)
-    _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
     act = make_activation(config.model.activation)
-    outs = [np.asarray(act(y), np.float64) for y in collect_preacts(state).values()]
+    outs = [np.asarray(act(y), np.float64) for y in preacts_at_init(config, n)]
     return {"mean": [float(h.mean()) for h in outs], "std": [float(h.std()) for h in outs]}
 
 
@@ -87,20 +85,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E5: activation functions", args.out, command=args.command)
     if args.tiny:
-        acts, lrs, steps = ("tanh", "relu"), (0.1,), 300
+        acts, lrs, steps = TINY_ACTS, (0.5,), 300
         shallow_extra = ",dataset=digits,batch=64"
-        deep_extra = ",dataset=digits,depth=20,width=32,steps=300,batch=64"
+        deep_extra = f",dataset=digits,depth={TINY_DEEP_DEPTH},width=32,steps=300,batch=64"
         deep_nets = {k: v for k, v in DEEP_NETS.items() if "Kaiming" not in k}
+        no_diag = {"diag_every_steps": 0}  # the deep nets' diagnostics are not reported
     else:
         acts, lrs, steps = ACTIVATIONS, LRS, SHALLOW_STEPS
-        shallow_extra, deep_extra, deep_nets = "", f",depth={DEEP_DEPTH}", DEEP_NETS
+        shallow_extra, deep_extra, deep_nets, no_diag = "", f",depth={DEEP_DEPTH}", DEEP_NETS, {}
     shallow = {
-        (act, lr): _run(args, f"{act}_lr{lr:g}",
-                        f"{SHALLOW}:norm=none,act={act},lr={lr},steps={steps}{shallow_extra}")
+        (act, lr): train_config(
+            args, f"{act}_lr{lr:g}",
+            f"{SHALLOW}:norm=none,act={act},lr={lr},steps={steps}{shallow_extra}")
         for act in acts for lr in lrs
     }
-    deep = {label: _run(args, f"deep_{act}_{init}",
-                        f"{DEEP}:act={act},init={init},norm=none{deep_extra}")
+    deep = {label: train_config(args, f"deep_{act}_{init}",
+                                f"{DEEP}:act={act},init={init},norm=none{deep_extra}", **no_diag)
             for label, (act, init) in deep_nets.items()}
     deep_init = {label: activation_stats_at_init(f"{DEEP}:act={act},init={init},norm=none"
                                                  f"{deep_extra}")
@@ -129,9 +129,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     picked = sorted({0, len(diag_steps) // 10, len(diag_steps) - 1})
     at = [int(diag_steps[i]) for i in picked]
     for act in acts:
-        accs = {lr: None if shallow[(act, lr)].diverged else
-                shallow[(act, lr)].final("test_accuracy") for lr in lrs}
-        best = max(lrs, key=lambda lr: accs[lr] or 0.0)
+        accs = {lr: final_metric(shallow[(act, lr)], "test_accuracy") for lr in lrs}
+        # the lr is chosen on the validation split; the test accuracy is only reported
+        best = choose_lr({lr: shallow[(act, lr)] for lr in lrs}, "val_accuracy")
         measure = _unit_measure(act)
         frac = unit_fraction(shallow[(act, best)], measure) if measure else ([], [])
         picks = [frac[1][i] if i < len(frac[1]) else None for i in picked]
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         summary["shallow"][act] = {"test_accuracy": {str(k): v for k, v in accs.items()},
                                    "best_lr": best, "measure": measure,
                                    "fraction_first_tenth_last": picks}
-    report.table(["activation", *(f"test acc, lr {lr:g}" for lr in lrs), "best lr",
+    report.table(["activation", *(f"test acc, lr {lr:g}" for lr in lrs), "best lr (on val)",
                   "measure", *(f"at step {s} (best lr)" for s in at)], rows, spec=".4f")
 
     fig, axes = new_figure(3)
@@ -163,16 +163,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report.figure(fig, "activations.png", "Test accuracy, saturation and dead units over "
                   "training, each activation at its better learning rate")
 
-    report.heading(f"Part 2: a {'20' if args.tiny else DEEP_DEPTH}-layer net without "
+    report.heading(f"Part 2: a {TINY_DEEP_DEPTH if args.tiny else DEEP_DEPTH}-layer net without "
                    "normalization")
     rows = []
     for label, run in deep.items():
-        steps_, loss = run.series("train_loss")
+        loss = run.series("train_loss")[1]
         init_stats = deep_init[label]
         row = [label, init_stats["std"][0], init_stats["std"][-1], init_stats["mean"][-1],
                float(loss[0]) if len(loss) else None,
-               None if run.diverged else run.final("train_loss"),
-               None if run.diverged else run.final("eval_accuracy")]
+               final_metric(run, "train_loss"), final_metric(run, "eval_accuracy")]
         rows.append(row)
         summary["deep"][label] = dict(zip(["init_std_first", "init_std_last", "init_mean_last",
                                            "loss_first", "loss_final", "test_accuracy"],
@@ -190,13 +189,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   "layer at init (256 standardized training images) and the train loss")
     report.heading("Result")
     report.text(_verdict(summary, shallow, deep))
+    claims = verdicts(summary)
+    summary["verdicts"] = [dataclasses.asdict(v) for v in claims]
+    report.text(verdict_table(claims))
     report.save_json("results.json", summary)
     print(f"wrote {report.write()}")
     return summary
 
 
+def verdicts(summary: dict[str, Any]) -> list[Verdict]:
+    """The deep-net claims, from the numbers in `summary` (one seed each: preliminary)."""
+    selu, relu = summary["deep"]["SELU, LeCun"], summary["deep"]["ReLU, LeCun"]
+    fixed_point = 0.7 < selu["init_std_last"] < 1.3 and abs(selu["init_mean_last"]) < 0.2
+    collapsed = relu["init_std_last"] < 0.01 * relu["init_std_first"]
+    trains = selu["loss_final"] is not None and selu["loss_final"] < 1.0 and (
+        relu["loss_final"] is None or relu["loss_final"] > 2 * selu["loss_final"])
+    return [
+        Verdict("deep SELU (LeCun) keeps mean 0, std 1 at init; ReLU's std collapses",
+                f"last layer: SELU std {selu['init_std_last']:.3g}, mean "
+                f"{selu['init_mean_last']:+.3g}; ReLU std {relu['init_std_first']:.3g} → "
+                f"{relu['init_std_last']:.3g}",
+                "reproduced" if fixed_point and collapsed else "not reproduced", n=1),
+        Verdict("deep SELU trains without normalization, the same ReLU net does not",
+                f"final train loss {fmt(selu['loss_final'], '.3f')} (SELU) vs "
+                f"{fmt(relu['loss_final'], '.3f')} (ReLU)",
+                "reproduced" if trains else "not reproduced", n=1),
+        Verdict("ReLU-like units die", "never provoked (no high-lr or negative-bias arm)",
+                "not tested"),
+    ]
+
+
 def _verdict(summary: dict[str, Any], shallow: dict, deep: dict[str, RunResult]) -> str:
-    best = {act: max((v for v in r["test_accuracy"].values() if v is not None), default=0.0)
+    best = {act: r["test_accuracy"][str(r["best_lr"])] or 0.0
             for act, r in summary["shallow"].items()}
     ranked = sorted(best, key=best.get, reverse=True)
     diverged = sorted(f"{act} (lr {lr:g})" for (act, lr), r in shallow.items() if r.diverged)
@@ -207,7 +231,7 @@ def _verdict(summary: dict[str, Any], shallow: dict, deep: dict[str, RunResult])
     dying = [a for a in fractions if a not in saturating]
     max_dead = max((max(f for f in fractions[a] if f is not None) for a in dying), default=0)
     lines = [
-        "- Best test accuracy after the run (better of the two lrs): "
+        "- Test accuracy after the run, at the lr chosen on validation: "
         + ", ".join(f"{a} {best[a]:.4f}" for a in ranked) + ".",
         "- Diverged (non-finite loss): " + (", ".join(diverged) or "none") + ".",
         "- Saturation (mean over layers, first / a tenth in / last diagnostic): "
