@@ -158,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                              "dead_fraction")
                           for act in acts if _unit_measure(act) == "dead_fraction"},
                 xlabel="step", ylabel="dead-unit fraction (mean over layers)", styles=styles)
-    axes[0].legend(fontsize="x-small", ncols=2)
-    axes[2].legend(fontsize="x-small", ncols=2)
+    for ax in (axes[0], axes[2]):
+        if ax.get_legend_handles_labels()[0]:  # tiny: no ReLU-like net in the dead-unit panel
+            ax.legend(fontsize="x-small", ncols=2)
     report.figure(fig, "activations.png", "Test accuracy, saturation and dead units over "
                   "training, each activation at its better learning rate")
 
