@@ -15,15 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from normlab.models.mlp import MLP
 from normlab.models.resnet import ResNet
+from normlab.nn.logical import activation_sharding, annotating, constrain, logical_to_mesh
 from normlab.parallel.distributed import initialize, under_slurm
-from normlab.parallel.logical import (
-    DEFAULT_RULES,
-    activation_sharding,
-    annotating,
-    constrain,
-    logical_to_mesh,
-    parse_rules,
-)
+from normlab.parallel.logical import DEFAULT_RULES, parse_rules
 from normlab.parallel.mesh import build_mesh, resolve_axis_sizes
 from normlab.parallel.plan import ParallelPlan
 from normlab.train.defaults import base_config

@@ -20,8 +20,9 @@ from normlab.models.cnn import SmallCNN
 from normlab.models.mlp import MLP
 from normlab.models.resnet import ResNet
 from normlab.nn.norms import BatchNorm
+from normlab.nn.segments import Repeated
 from normlab.parallel.mesh import build_mesh
-from normlab.parallel.pipeline import PipelinedModel, Repeated
+from normlab.parallel.pipeline import PipelinedModel
 from normlab.parallel.plan import ParallelPlan
 from normlab.train.defaults import base_config
 

@@ -20,9 +20,9 @@ import jax
 
 from normlab.models import HEAD, build_initializer, layer_name
 from normlab.nn.dropout import DropConnectDense, Dropout
+from normlab.nn.logical import channel_params, constrain, partitioned
 from normlab.nn.norm_act import NormAct
-from normlab.parallel.logical import channel_params, constrain, partitioned
-from normlab.parallel.pipeline import Layer, Repeated, Segment
+from normlab.nn.segments import Layer, Repeated, Segment
 from normlab.registry import MODELS
 
 Axes = tuple[str | None, str | None]

@@ -37,10 +37,10 @@ from normlab.models import HEAD, build_initializer, layer_name, preset
 from normlab.models.cnn import check_nhwc, conv_layer
 from normlab.models.stem import Stem
 from normlab.nn.dropout import StochasticDepth, linear_depth_rates
+from normlab.nn.logical import channel_params, constrain, partitioned
 from normlab.nn.norm_act import NormAct
 from normlab.nn.residual_init import ResidualInit
-from normlab.parallel.logical import channel_params, constrain, partitioned
-from normlab.parallel.pipeline import Layer, Repeated, Segment
+from normlab.nn.segments import Layer, Repeated, Segment
 from normlab.registry import MODELS, NORMS, RESIDUAL_INITS
 
 Axes = tuple[str | None, str | None]

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 
 from normlab.models.cnn import conv_layer
+from normlab.nn.logical import channel_params, constrain, partitioned
 from normlab.nn.norm_act import NormAct
-from normlab.parallel.logical import channel_params, constrain, partitioned
 
 
 class Stem(nn.Module):

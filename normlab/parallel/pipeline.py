@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
@@ -41,33 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-
-@dataclass(frozen=True)
-class Layer:
-    """A layer outside the pipelined runs: `module.apply(variables[name], h, train=train)`.
-
-    `name` None: a module without variables (dropout) or a plain function h ↦ h (flatten,
-    pooling). `train_arg`: whether the module's `__call__` takes `train`.
-    """
-
-    name: str | None
-    module: Any
-    train_arg: bool = True
-
-
-@dataclass(frozen=True)
-class Repeated:
-    """L identical layers `names` (same `module`), run as one pipelined, stage-sharded stack."""
-
-    names: tuple[str, ...]
-    module: nn.Module
-
-    @property
-    def key(self) -> str:
-        return f"{self.names[0]}..{self.names[-1]}"
-
-
-Segment = Layer | Repeated
+from normlab.nn.segments import Repeated, Segment
 
 
 def _runs(segments: Sequence[Segment]) -> list[Repeated]:

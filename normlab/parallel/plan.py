@@ -47,14 +47,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
+from normlab.nn.logical import Rules, activation_sharding, annotating
 from normlab.parallel.bn_scope import bn_scope_kwargs, scoped_norm_kwargs
-from normlab.parallel.logical import (
-    Rules,
-    activation_sharding,
-    annotating,
-    param_specs,
-    parse_rules,
-)
+from normlab.parallel.logical import param_specs, parse_rules
 from normlab.parallel.mesh import batch_sharded, build_mesh, replicated
 from normlab.parallel.pipeline import PipelinedModel
 
