@@ -103,7 +103,9 @@ def _losses(tmp_path_factory, overrides, devices):
     train(c, workdir, progress=False, devices=devices)
     records = [r for r in read_metrics(workdir) if "train_loss" in r]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    return np.array([r["train_loss"] for r in records], np.float64)
+    # the loss, and the penalty terms in it (train_l2, train_l1) where they are on
+    keys = [k for k in ("train_loss", "train_l2", "train_l1") if k in records[0]]
+    return {k: np.array([r[k] for r in records], np.float64) for k in keys}
 
 
 _REFERENCE: dict = {}  # one-device losses, per penalty
@@ -115,5 +117,12 @@ _REFERENCE: dict = {}  # one-device losses, per penalty
 def test_every_parallel_mode_trains_the_one_device_objective(tmp_path_factory, penalty, mode):
     if penalty not in _REFERENCE:
         _REFERENCE[penalty] = _losses(tmp_path_factory, PENALTIES[penalty], jax.devices()[:1])
-    loss = _losses(tmp_path_factory, PENALTIES[penalty] + MODES[mode], None)
-    np.testing.assert_allclose(loss, _REFERENCE[penalty], rtol=1e-5, err_msg=f"{mode}, {penalty}")
+    reference = _REFERENCE[penalty]
+    for term in ("train_l2", "train_l1"):  # on where configured, and not negligible
+        assert (term in reference) == (term[6:] in penalty)
+        assert term not in reference or reference[term].min() > 1e-3
+    got = _losses(tmp_path_factory, PENALTIES[penalty] + MODES[mode], None)
+    assert sorted(got) == sorted(reference)
+    for key in reference:
+        np.testing.assert_allclose(got[key], reference[key], rtol=1e-5,
+                                   err_msg=f"{mode}, {penalty}: {key}")
