@@ -11,8 +11,11 @@ imports this module from its own folder:
 - `holdout_splits`: a validation split held out of MNIST-sized training sets (e4, e8).
 """
 
+import math
+
 import ml_collections
 
+from normlab.registry import NORMS
 from normlab.train.defaults import base_config, shrink_for_runlocal
 
 MNIST_TRAIN_IMAGES = 60_000  # the training split of MNIST and Fashion-MNIST
@@ -51,7 +54,7 @@ def resnet_classifier(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.checkpoint_every_steps = 1000
     c.preprocess = dict(name="standardize", per_channel=True)
     c.augment = {"flip": {}, "crop": {"pad": 4}}
-    norm_kwargs = {"num_groups": a.groups} if a.norm.startswith(("group", "evonorm_s0")) else {}
+    norm_kwargs = {"num_groups": a.groups} if NORMS.get(a.norm).takes_groups else {}
     c.model = dict(
         name=a.model,
         norm=a.norm,
@@ -69,6 +72,8 @@ def resnet_classifier(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if a.runlocal:
         shrink_for_runlocal(c)
         c.model.base_width = 4
+        if c.model.norm_kwargs:  # at most 4 channels in the first stage: groups must divide it
+            c.model.norm_kwargs = {"num_groups": math.gcd(4, c.model.norm_kwargs["num_groups"])}
     return c
 
 

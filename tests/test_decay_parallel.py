@@ -126,3 +126,20 @@ def test_every_parallel_mode_trains_the_one_device_objective(tmp_path_factory, p
     for key in reference:
         np.testing.assert_allclose(got[key], reference[key], rtol=1e-5,
                                    err_msg=f"{mode}, {penalty}: {key}")
+
+
+def test_adamw_decays_only_kernels():
+    # AdamW's own decay takes the run's mask too: with zero gradients the update is the decay
+    # alone, −lr·λ·w on kernels and exactly 0 on biases and norm parameters
+    from normlab.train.optim import build_optimizer
+
+    params = {"dense": {"kernel": np.full((2, 3), 2.0, np.float32),
+                        "bias": np.ones(3, np.float32)},
+              "norm": {"scale": np.ones(3, np.float32), "bias": np.ones(3, np.float32)}}
+    tx, _ = build_optimizer({"name": "adamw", "weight_decay": 0.1}, {"name": "constant"},
+                            base_lr=0.5, total_steps=10, decay_mask=default_decay_mask)
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.5 * 0.1 * 2.0, rtol=1e-6)
+    for leaf in (updates["dense"]["bias"], updates["norm"]["scale"], updates["norm"]["bias"]):
+        np.testing.assert_array_equal(leaf, 0.0)

@@ -18,6 +18,7 @@ Schedules (t = step after warm-up, T = total steps after warm-up, η = base_lr):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -156,11 +157,17 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.Gradien
 
 @OPTIMIZERS.register("adamw")
 def adamw(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+    decay_mask: Any = None,
 ) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019): Adam plus decay λ·w added after the Adam scaling."""
+    """AdamW (Loshchilov & Hutter 2019): Adam plus decay λ·w added after the Adam scaling, on
+    the leaves `decay_mask` selects (`build_optimizer` passes the run's kernels-only mask)."""
     return optax.chain(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.add_decayed_weights(weight_decay)
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
     )
 
 
@@ -190,6 +197,10 @@ def build_optimizer(
     sched_kwargs = {k: v for k, v in schedule.items() if k != "name"}
     lr_fn = build_schedule(schedule["name"], base_lr, total_steps, **sched_kwargs)
     clip = dict(clip or {"name": "none"})
+    if "decay_mask" in opt_kwargs:
+        raise ValueError("optimizer.decay_mask is not a config field: decay is on kernels only")
+    if "decay_mask" in inspect.signature(OPTIMIZERS.get(optimizer["name"])).parameters:
+        opt_kwargs["decay_mask"] = decay_mask  # an optimizer with its own decay (adamw)
     parts = [
         build_clipping(clip.pop("name"), **clip),
         OPTIMIZERS.build(optimizer["name"], **opt_kwargs),
