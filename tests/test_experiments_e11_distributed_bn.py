@@ -31,9 +31,10 @@ def test_e11_tiny_global_statistics_win_and_modes_agree(tmp_path, monkeypatch):
         # doubled reduction moves parameters by ~lr·|g| ≈ 1e-2
         assert max(r["loss"]) < 1e-5 and max(r["params"]) < 1e-5, layout
         assert max(r["batch_stats"]) < 1e-5, layout
-    assert all(ms > 0 for ms in results["step_ms"].values())
     text = (out / "report.md").read_text()
     assert "## The parallel modes agree" in text and "| git revision |" in text
+    # the verdict table states n and calls a 1-seed (tiny) comparison preliminary
+    assert "| preliminary: reproduced |" in text and "| not tested |" in text
     assert "fake CPU devices" in text
     for name in ("scopes.png", "agreement.png", "results.json"):
         assert (out / name).exists()
