@@ -5,15 +5,18 @@ Part 1 (no training): a batch of CIFAR-10 training images (per-channel standardi
 ResNet-110 (54 residual blocks) at init; Var of the residual stream (each block's output, over
 all N·H·W·C entries) by block, for pre-activation (v2) blocks without normalization and with
 BatchNorm (batch statistics, as in training), and post-activation (v1) blocks with BN.
+Also the loss at init of each variant on those images (the first training step's loss).
 Part 2 (training, configs/e3_residual_init.py): the first steps of ResNet-56 (width ×0.5) on
-CIFAR-10 for the four v2 combinations {no norm, BN} × {standard, zero_init_last}.
+CIFAR-10 for the four v2 combinations {no norm, BN} × {standard, zero_init_last}; constant lr
+0.1 with BN and `NO_NORM_LR` = 0.02 without (at 0.1 the no-norm zero_init_last net gets stuck).
 
     python experiments/e3_residual_init/run.py              # ~1 h on a loaded 2-core CPU
-    python experiments/e3_residual_init/run.py --tiny --out /tmp/e3   # digits, seconds
+    python experiments/e3_residual_init/run.py --tiny --out /tmp/e3   # part 1 only, seconds
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,17 +25,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from normlab.config import load_config
 from normlab.data.datasets import load_arrays
 from normlab.data.preprocess import make_preprocessor
 from normlab.models.resnet import ResidualBlock, Stem
+from normlab.nn.losses import softmax_cross_entropy
 from normlab.registry import MODELS
-from normlab.reports import Report, describe_runs, new_figure, plot_curves, run_training
-from normlab.reports.experiment import parse_experiment_args
+from normlab.reports import (
+    Report,
+    RunResult,
+    Verdict,
+    describe_runs,
+    final_metric,
+    mean_of_last,
+    new_figure,
+    plot_curves,
+    verdict_table,
+)
+from normlab.reports.experiment import parse_experiment_args, train_config
 from normlab.train.inputs import to_float
 
 CONFIG = "configs/e3_residual_init.py"
 NO_NORM_LR = 0.02  # lr 0.1 leaves the no-norm zero_init_last net stuck (dead units); see README
+CHANCE = math.log(10)
 # (label, preact, norm, residual_init)
 INIT_VARIANTS = (
     ("v2, no norm, standard (MSRA)", True, "none", "standard"),
@@ -52,15 +66,17 @@ TRAIN_VARIANTS = (
 
 
 def stream_variances(
-    model_name: str, x_NHWC: np.ndarray, *, preact: bool, norm: str,
+    model_name: str, x_NHWC: np.ndarray, y_N: np.ndarray, *, preact: bool, norm: str,
     residual_inits: Sequence[str], width: float = 1.0, seed: int = 0,
-    stage_sizes: tuple[int, ...] | None = None,
-) -> dict[str, list[float]]:
+    stage_sizes: tuple[int, ...] | None = None, key_impl: str = "threefry2x32",
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Var of the residual stream after the stem (entry 0) and after every block, at init, for
-    each of `residual_inits` (which must give the same parameter tree: one compiled forward).
+    each of `residual_inits` (which must give the same parameter tree: one compiled forward);
+    and the cross-entropy at init on labels `y_N` (the loss the first training step sees).
 
     BN uses the batch's statistics (train mode), as in the first training step. Variances are
-    population variances over all N·H·W·C entries, in float64 on the host.
+    population variances over all N·H·W·C entries, in float64 on the host. `key_impl`: the
+    PRNG of the init ("rbg" compiles in a fraction of threefry's time on CPU).
     """
     sizes = {"stage_sizes": stage_sizes} if stage_sizes else {}
     models = {res: MODELS.build(model_name, preact=preact, norm=norm, residual_init=res,
@@ -69,46 +85,51 @@ def stream_variances(
     def captured(module: Any, method: str) -> bool:
         return method == "__call__" and isinstance(module, ResidualBlock | Stem)
 
-    forward = jax.jit(
-        lambda v, x: next(iter(models.values())).apply(
+    def forward(v, x):
+        logits, state = next(iter(models.values())).apply(
             v, x, train=True, mutable=["batch_stats", "intermediates"],
-            capture_intermediates=captured)[1]["intermediates"]
-    )
-    out = {}
+            capture_intermediates=captured)
+        return state["intermediates"], softmax_cross_entropy(logits, y_N)
+
+    forward = jax.jit(forward)
+    out, losses = {}, {}
     for res, model in models.items():
-        variables = model.init(jax.random.key(seed), x_NHWC[:1], train=False)
-        inter = forward(variables, jnp.asarray(x_NHWC))
+        # op by op: the models of a group share their ops' compiled kernels (jit would compile
+        # each model's whole init, ~0.5 s per threefry draw on XLA:CPU)
+        variables = model.init(jax.random.key(seed, impl=key_impl), x_NHWC[:1], train=False)
+        inter, loss = forward(variables, jnp.asarray(x_NHWC))
         names = sorted(k for k in inter if "__call__" in inter[k])  # layer_0.. in depth order
         out[res] = [float(np.var(np.asarray(inter[n]["__call__"][0], np.float64)))
                     for n in names]
-    return out
+        losses[res] = float(loss)
+    return out, losses
 
 
-def init_part(x_NHWC: np.ndarray, model_name: str, **kwargs: Any) -> dict[str, list[float]]:
-    """`stream_variances` of every `INIT_VARIANTS` entry, keyed by label."""
-    out = {}
+def init_part(
+    x_NHWC: np.ndarray, y_N: np.ndarray, model_name: str, **kwargs: Any
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """`stream_variances` (variances, losses at init) of every `INIT_VARIANTS` entry, keyed by
+    label."""
+    out, losses = {}, {}
     for preact, norm in dict.fromkeys((p, n) for _, p, n, _ in INIT_VARIANTS):
         labels = {res: label for label, p, n, res in INIT_VARIANTS if (p, n) == (preact, norm)}
-        found = stream_variances(model_name, x_NHWC, preact=preact, norm=norm,
-                                 residual_inits=list(labels), **kwargs)
+        found, loss = stream_variances(model_name, x_NHWC, y_N, preact=preact, norm=norm,
+                                       residual_inits=list(labels), **kwargs)
         out |= {labels[res]: v for res, v in found.items()}
-    return {label: out[label] for label, *_ in INIT_VARIANTS}
+        losses |= {labels[res]: v for res, v in loss.items()}
+    order = [label for label, *_ in INIT_VARIANTS]
+    return {k: out[k] for k in order}, {k: losses[k] for k in order}
 
 
-def train_part(args, *, tiny: bool) -> dict[str, Any]:
-    runs = {}
-    for label, norm, res in TRAIN_VARIANTS[:2] if tiny else TRAIN_VARIANTS:
-        spec = f"{CONFIG}:norm={norm},residual_init={res}"
-        if tiny:
-            spec += ",dataset=digits,model=resnet20,runlocal"
-        config = load_config(spec)
-        if norm == "none" and not tiny:
-            config.lr = NO_NORM_LR
-        if tiny:
-            config.model.stage_sizes = (2, 2, 2)  # ResNet-14: the tests' compile budget
-        runs[label] = run_training(config, args.runs / f"{norm}_{res}", name=label,
-                                   reuse=args.reuse, progress=args.progress)
-    return runs
+def train_part(args) -> dict[str, RunResult]:
+    """The four v2 runs (none with `--tiny`: a ResNet's training compile is the tests' budget;
+    part 1's loss at init is the first step's)."""
+    if args.tiny:
+        return {}
+    return {label: train_config(args, f"{norm}_{res}",
+                                f"{CONFIG}:norm={norm},residual_init={res}",
+                                **({"lr": NO_NORM_LR} if norm == "none" else {}))
+            for label, norm, res in TRAIN_VARIANTS}
 
 
 def _init_figure(variances: dict[str, list[float]], model_name: str):
@@ -128,25 +149,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E3: residual init — MSRA vs zero_init_last", args.out,
                     command=args.command)
-    if args.tiny:  # ResNet-14 (2 blocks a stage), half width: the tests' compile budget
-        model_name, dataset, n_images = "resnet14", "digits", 16
-        kwargs = {"stage_sizes": (2, 2, 2), "width": 0.5}
+    if args.tiny:  # ResNet-26 (4 blocks a stage: enough to tell ×r from +c), half width
+        model_name, dataset, n_images = "resnet26", "digits", 16
+        # rbg: other random draws than threefry's, compiled ~3× faster (the tests' budget)
+        kwargs = {"stage_sizes": (4, 4, 4), "width": 0.5, "key_impl": "rbg"}
     else:
         model_name, dataset, n_images, kwargs = "resnet110", "cifar10", 64, {}
-    x_train, _ = load_arrays(dataset, "train[:5000]" if dataset == "cifar10" else "train")
+    x_train, y_train = load_arrays(dataset, "train[:5000]" if dataset == "cifar10" else "train")
     x_float = to_float(x_train)
     pre = make_preprocessor("standardize", per_channel=True).fit(x_float)
     x = np.asarray(pre(x_float[:n_images]))
-    variances = init_part(x, "resnet20" if args.tiny else model_name, **kwargs)
-    runs = train_part(args, tiny=args.tiny)
+    variances, init_loss = init_part(x, np.asarray(y_train[:n_images]),
+                                     "resnet20" if args.tiny else model_name, **kwargs)
+    runs = train_part(args)
 
     blocks = len(next(iter(variances.values()))) - 1
     report.facts.update({
         "part 1": f"{model_name} ({blocks} blocks), {n_images} {dataset} training images, "
                   "per-channel standardized, seed 0",
-        "part 2": f"{'resnet14 ×0.25 (runlocal)' if args.tiny else 'resnet56 ×0.5 width'} on "
-                  f"{'digits' if args.tiny else 'CIFAR-10 (45k train / 5k validation)'}, "
-                  f"{CONFIG}",
+        "part 2": "not run with --tiny" if args.tiny else
+                  f"resnet56 ×0.5 width on CIFAR-10 (45k train / 5k validation), {CONFIG}, "
+                  f"constant lr 0.1 with BN, {NO_NORM_LR} without",
         "training runs": describe_runs(runs.values()),
     })
     report.text(
@@ -159,13 +182,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     report.heading("Part 1: variance of the residual stream at init")
     stage_ends = _stage_ends(model_name)
-    header = ["variant", "stem", *(f"block {b}" for b in stage_ends),
-              "ratio per block (stage 1)", "increment per block (stage 1)"]
     rows = []
     for label, v in variances.items():
         ratio, increment = _per_block(v, stage_ends[0])
-        rows.append([label, v[0], *(v[b] for b in stage_ends), ratio, increment])
-    report.table(header, rows, spec=".3g")
+        rows.append([label, v[0], *(v[b] for b in stage_ends), ratio, increment,
+                     init_loss[label]])
+    report.table(["variant", "stem", *(f"block {b}" for b in stage_ends),
+                  "ratio per block (stage 1)", "increment per block (stage 1)",
+                  "loss at init"], rows, spec=".3g")
     report.text(
         "Columns: Var after the stem and after the last block of each stage; over the blocks "
         "of stage 1 (no projection shortcut in between), the geometric mean of "
@@ -173,23 +197,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "shows as a ratio > 1 with increments that grow along the stage; linear growth as "
         "a steady increment; zero_init_last as ratio 1, increment 0. The no-norm prediction "
         "for a ReLU branch with Kaiming init is ×2 per block (Var F(x) = Var x). The projection "
-        "shortcuts at stage boundaries (1×1 conv with Kaiming init) reset the scale there."
+        "shortcuts at stage boundaries (1×1 conv with Kaiming init) reset the scale there. "
+        f"\"loss at init\": the cross-entropy of the net at init on these images (BN on their "
+        f"statistics), what the first training step sees; chance is ln 10 = {CHANCE:.3f}."
     )
     report.figure(_init_figure(variances, model_name), "stream_variance.png",
                   "Var of the residual stream after each block at init (log scale)")
+    if runs:
+        _training_section(report, runs)
+        report.heading("Result")
+        report.text(_verdict(variances, runs, stage_ends))
+    claims = verdicts(variances, init_loss, runs, stage_ends[0])
+    report.heading("Verdicts")
+    report.text(verdict_table(claims))
+    results = {
+        "variances": variances,
+        "init_loss": init_loss,
+        "runs": {k: {"train_loss": r.series("train_loss")[1].tolist(),
+                     "diverged": r.diverged,
+                     "final": r.summary.get("final", {})} for k, r in runs.items()},
+        "verdicts": [dataclasses.asdict(v) for v in claims],
+    }
+    report.save_json("results.json", results)
+    print(f"wrote {report.write()}")
+    return results
 
+
+def _training_section(report: Report, runs: dict[str, RunResult]) -> None:
     report.heading("Part 2: early training")
-    rows = []
-    for label, r in runs.items():
-        steps, loss = r.series("train_loss")
-        rows.append([
-            label,
-            float(loss[0]) if len(loss) else None,
-            _mean_loss(r, 91, 100),
-            None if r.diverged else _mean_loss(r, len(loss) - 9, len(loss)),
-            None if r.diverged else r.final("eval_accuracy"),
-            _diverged_step(r.diverged) or "no",
-        ])
+    rows = [[label, _mean_loss(r, 1, 1), _mean_loss(r, 91, 100),
+             mean_of_last(r, "train_loss", 10), final_metric(r, "eval_accuracy"),
+             _diverged_step(r.diverged) or "no"] for label, r in runs.items()]
     report.table(["run", "train loss, step 1", "train loss, steps 91–100",
                   "train loss, last 10 steps", "val accuracy (end)", "diverged at step"],
                  rows, spec=".3f")
@@ -202,25 +240,61 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     notes = [f"{k}: loss {r.series('train_loss')[1][0]:.3g} at step 1, diverged at step "
              f"{_diverged_step(r.diverged)}" for k, r in runs.items() if r.diverged]
     if notes:
-        axes[0].text(0.02, 0.02, "\n".join(notes), transform=axes[0].transAxes, fontsize="small",
-                     va="bottom")
+        axes[0].text(0.02, 0.02, "\n".join(notes), transform=axes[0].transAxes,
+                     fontsize="small", va="bottom")
     plot_curves(axes[1], {k: r.series("eval_accuracy") for k, r in runs.items()
                           if not r.diverged},
                 xlabel="step", ylabel="validation accuracy", styles=styles)
     report.figure(fig, "early_training.png", "Early training: train loss and validation "
                   "accuracy (runs that diverged are named in the left panel)")
-    if not args.tiny:
-        report.heading("Result")
-        report.text(_verdict(variances, runs, stage_ends))
-    results = {
-        "variances": variances,
-        "runs": {k: {"train_loss": r.series("train_loss")[1].tolist(),
-                     "diverged": r.diverged,
-                     "final": r.summary.get("final", {})} for k, r in runs.items()},
-    }
-    report.save_json("results.json", results)
-    print(f"wrote {report.write()}")
-    return results
+
+
+def verdicts(variances: dict[str, list[float]], init_loss: dict[str, float],
+             runs: dict[str, RunResult], n: int) -> list[Verdict]:
+    """The claims, from part 1 (over stage 1's n blocks) and part 2 (one seed: preliminary)."""
+    per_block = {k: _per_block(v, n) for k, v in variances.items()}
+    zero = [k for k in variances if "zero_init_last" in k]
+    identity = all(abs(per_block[k][0] - 1) < 1e-3 for k in zero)
+    plain, bn = (variances[f"v2, {k}, standard (MSRA)"] for k in ("no norm", "BN"))
+    growth = {"no norm": plain[-1] / plain[0], "BN": bn[-1] / bn[0]}  # stem → last block
+    geometric = per_block["v2, no norm, standard (MSRA)"][0] > 1.3 and (
+        growth["no norm"] > 10 * growth["BN"])
+    steps = np.diff(bn[: n + 1])
+    slower = bool(np.all(steps > 0)) and (per_block["v2, BN, standard (MSRA)"][0]
+                                          < per_block["v2, no norm, standard (MSRA)"][0])
+    start = {k: init_loss[f"v2, no norm, {k}"] for k in ("standard (MSRA)", "zero_init_last")}
+    out = [
+        Verdict("zero_init_last: every block is the identity at init",
+                "Var ratio per block " + ", ".join(f"{per_block[k][0]:.4f}" for k in zero),
+                "reproduced" if identity else "not reproduced", n=1),
+        Verdict("MSRA, no norm: the stream grows geometrically",
+                f"×{per_block['v2, no norm, standard (MSRA)'][0]:.3g} per block (stage 1); "
+                f"×{growth['no norm']:.3g} stem → last block (BN: ×{growth['BN']:.3g})",
+                "reproduced" if geometric else "not reproduced", n=1),
+        Verdict("MSRA, BN: the stream still grows, more slowly (linearly)",
+                f"stage 1: ×{per_block['v2, BN, standard (MSRA)'][0]:.3g} per block, "
+                "increments " + ", ".join(f"{d:.3g}" for d in steps),
+                "reproduced" if slower else "not reproduced", n=1),
+        Verdict("no norm: zero_init_last starts at the chance loss, MSRA far above",
+                f"loss at init {start['zero_init_last']:.3f} vs "
+                f"{start['standard (MSRA)']:.3g} (ln 10 = {CHANCE:.3f})",
+                "reproduced" if abs(start["zero_init_last"] - CHANCE) < 0.5
+                and start["standard (MSRA)"] > CHANCE + 0.5 else "not reproduced", n=1),
+    ]
+    if runs:
+        last = {k: mean_of_last(r, "train_loss", 10) for k, r in runs.items()}
+        ahead = [f"{norm}: {fmt_loss(last[f'{norm}, zero_init_last'])} vs "
+                 f"{fmt_loss(last[f'{norm}, standard'])}" for norm in ("no norm", "BN")]
+        wins = sum((last[f"{norm}, zero_init_last"] or math.inf)
+                   < (last[f"{norm}, standard"] or math.inf) for norm in ("no norm", "BN"))
+        out.append(Verdict("zero_init_last trains faster early (train loss, last 10 steps)",
+                           "; ".join(ahead), ("reproduced", "partly reproduced",
+                                              "not reproduced")[2 - wins], n=1))
+    return out
+
+
+def fmt_loss(value: float | None) -> str:
+    return "diverged" if value is None else f"{value:.3f}"
 
 
 def _smooth(steps: np.ndarray, values: np.ndarray, k: int = 10):
