@@ -66,7 +66,9 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
     results = evaluate_workdir(args.workdir, splits=args.split)
     for prefix, metrics in results.items():
-        print(f"{prefix}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        print(f"{prefix}: " + ", ".join(
+            f"{k}={int(v)}" if k == "examples" else f"{k}={v:.4f}" for k, v in metrics.items()
+        ))
     return 0
 
 

@@ -26,8 +26,9 @@ def make_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
             out = eval_step(model, state, *batch)
             return jax.tree.map(jnp.add, total, out), None
 
-        zeros = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-        return jax.lax.scan(body, jax.tree.map(jnp.float32, zeros), (x, y, mask))[0]
+        shapes = jax.eval_shape(lambda: eval_step(model, state, x[0], y[0], mask[0]))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+        return jax.lax.scan(body, zeros, (x, y, mask))[0]
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array, batch_size: int) -> dict:
         n = x.shape[0]
@@ -37,9 +38,35 @@ def make_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         x = x.reshape(batches, batch_size, *x.shape[1:])
         y = jnp.pad(y, (0, pad)).reshape(batches, batch_size)
-        sums = scan(state, x, y, mask)
-        count = float(sums["count"])
-        return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+        return eval_metrics(jax.device_get(scan(state, x, y, mask)))
+
+    return evaluate
+
+
+def eval_metrics(sums: dict) -> dict[str, float]:
+    """{"loss", "accuracy", ("top5_accuracy"), "examples"} from the masked sums of `eval_step`
+    (`examples`: how many examples the evaluation covered, each exactly once)."""
+    count = float(sums["count"])
+    metrics = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    if "correct_top5" in sums:
+        metrics["top5_accuracy"] = float(sums["correct_top5"]) / count
+    metrics["examples"] = count
+    return metrics
+
+
+def make_batch_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
+    """`evaluate(state, batches) -> metrics` over an iterator of padded (x, labels, mask)
+    batches (the streamed path: the split never sits on the devices whole)."""
+    step = jax.jit(lambda state, x, y, mask: eval_step(model, state, x, y, mask))
+
+    def evaluate(state: TrainState, batches) -> dict[str, float]:
+        total = None
+        for x, y, mask in batches:
+            sums = step(state, x, y, mask)
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        if total is None:
+            raise ValueError("evaluation on an empty split")
+        return eval_metrics(jax.device_get(total))
 
     return evaluate
 

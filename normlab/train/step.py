@@ -187,15 +187,25 @@ def chunk_body(cfg: StepConfig, *, from_batches: bool = False) -> Callable:
     return build
 
 
+TOP5_FROM_CLASSES = 100  # top-5 accuracy is reported for data sets with at least this many
+
+
 def eval_step(
     model: nn.Module, state: TrainState, x: jax.Array, labels: jax.Array, mask: jax.Array
 ) -> dict[str, jax.Array]:
-    """Sums of loss and correct predictions over the unmasked examples of one batch."""
-    logits = model.apply(state.variables(), x, train=False)
+    """Sums of loss, correct predictions (and top-5 hits with ≥ 100 classes) and the count over
+    the unmasked examples of one batch."""
+    logits = model.apply(state.variables(), x, train=False).astype(jnp.float32)
     loss = -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, logits.shape[-1]), -1)
     correct = jnp.argmax(logits, -1) == labels
-    return {
+    sums = {
         "loss_sum": jnp.sum(loss * mask),
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }
+    if logits.shape[-1] >= TOP5_FROM_CLASSES:
+        # the label's logit is among the 5 largest: fewer than 5 logits exceed it
+        label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+        in_top5 = jnp.sum(logits > label_logit, axis=-1) < 5
+        sums["correct_top5"] = jnp.sum(in_top5 * mask)
+    return sums
