@@ -24,7 +24,7 @@ import numpy as np
 
 from normlab.nn.activations import make_activation
 from normlab.nn.initializers import make_initializer
-from normlab.reports import Report, new_figure, plot_curves
+from normlab.reports import Report, Verdict, new_figure, plot_curves, verdict_table
 from normlab.reports.experiment import parse_experiment_args
 
 # (label, activation, initializer, its options, the lecture's first→last std as in SPEC §3)
@@ -186,6 +186,7 @@ def write_report(
                  spec=".3f")
     report.heading("Result")
     report.text(_verdict(results, width))
+    report.text(verdict_table(verdicts(results)))
 
     fig, (ax_std, ax_gh, ax_gw) = new_figure(3, panel_size=(4.8, 3.8))
     plot_curves(ax_std, {k: (list(layers), r["std"]) for k, r in results.items()},
@@ -206,6 +207,15 @@ def write_report(
                   "Histograms of the activations of every layer (rows: setups, columns: layers; "
                   "tanh panels span [−1, 1]; ReLU panels show the positive values only, on a "
                   "range shared along the row)")
+
+
+def verdicts(results: dict[str, dict[str, Any]]) -> list[Verdict]:
+    """One claim per setup: the lecture's first → last layer std (one random net each)."""
+    return [Verdict(f"{label}: std {expected[0]:.2f} → {expected[1]:.2f}",
+                    f"measured {results[label]['std'][0]:.3f} → {results[label]['std'][-1]:.3f}",
+                    "reproduced" if reproduced(results[label]["std"], expected)
+                    else "not reproduced", n=1)
+            for label, *_, expected in SETUPS]
 
 
 def _verdict(results: dict[str, dict[str, Any]], width: int) -> str:
