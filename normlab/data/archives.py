@@ -14,12 +14,18 @@ A dataset can come in several *layouts* (sets of files); the TFDS builders accep
                           npz      data_batch_1..5.npz + test_batch_first1000.npz (partial test)
     cifar100              python   cifar-100-python.tar.gz, or its extracted pickles
                           binary   cifar-100-binary.tar.gz
+    imagenet2012          imagenet ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar (TFDS's
+                                   manual_dir layout; no download: image-net.org needs a login)
 
 Checksums: MNIST/Fashion-MNIST and the CIFAR *binary* archives are checked against the URLs and
 sha256 that TFDS registers, read at run time from `tensorflow_datasets/url_checksums/*.txt`. TFDS
 has no entry for the CIFAR *python* archives: their sha256 (the ones Keras pins) and the sha256 of
 the npz files (from `/work/shared/datasets/cifar10/README.md`) are copied below. Extracted pickles
-have no published checksum and are not verified.
+have no published checksum and are not verified. ImageNet's two tars are checked by *size* (a
+truncated copy fails at once, before hours of work): sizes and sha256 from TFDS's
+`datasets/imagenet2012/checksums.tsv` in the installed package, else the constants below (the
+same numbers); hashing 155 GB takes many minutes, so their sha256 is checked only on request
+(`verify_archives(..., hash_large=True)`).
 
     folder = fetch_archives("mnist", "/tmp/archives/mnist", source="/work/shared/datasets")
     layout = verify_archives("mnist", folder)          # raises ChecksumError on a bad file
@@ -65,6 +71,18 @@ _CIFAR10_NPZ = {
     "data_batch_5.npz": "b325bfe0ab8989080fd9f210f0bc6d2681b68425e4e972b7fff9100598502721",
     "test_batch_first1000.npz": "458865e7c6e232d0256e71b47405149fa0aefcb6205ba295c486120f35c26a09",
 }
+# Official ImageNet tar sizes (bytes) and sha256, as in TFDS 4.9.10's
+# datasets/imagenet2012/checksums.tsv; used when that file cannot be read.
+_IMAGENET = {
+    "ILSVRC2012_img_train.tar": (
+        147_897_477_120,
+        "b08200a27a8e34218a0e58fde36b0fe8f73bc377f4acea2d91602057c3ca45bb",
+    ),
+    "ILSVRC2012_img_val.tar": (
+        6_744_924_160,
+        "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0",
+    ),
+}
 _CIFAR10_PICKLES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _CIFAR100_PICKLES = ("train", "test")
 
@@ -81,14 +99,18 @@ class ChecksumError(ValueError):
 class Layout:
     """One complete set of original files of a dataset.
 
-    `kind` selects the reader ("idx", "python", "binary", "npz"); `files` are paths relative to the
-    dataset's folder, all required; `sha256` and `urls` hold what is known for some of them.
+    `kind` selects the reader ("idx", "python", "binary", "npz", "imagenet"); `files` are paths
+    relative to the dataset's folder, all required; `sha256`, `urls` and `sizes` (bytes) hold
+    what is known for some of them. `hash_by_default=False`: `verify_archives` checks only the
+    sizes unless asked to hash (files too large to hash on every prepare).
     """
 
     kind: str
     files: tuple[str, ...]
     sha256: Mapping[str, str] = dataclasses.field(default_factory=dict)
     urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    hash_by_default: bool = True
 
     @property
     def is_tar(self) -> bool:
@@ -115,6 +137,34 @@ def _tfds_checksums(tfds_name: str) -> dict[str, tuple[str, str]]:
             url, _size, sha256, filename = line.split("\t")[:4]
             table[filename] = (url, sha256)
     return table
+
+
+def _tfds_checksums_tsv(dataset: str) -> dict[str, tuple[int, str]]:
+    """{file name: (size, sha256)} from TFDS's `datasets/<dataset>/checksums.tsv`; {} if absent."""
+    try:
+        import tensorflow_datasets as tfds
+
+        text = (Path(tfds.__file__).parent / "datasets" / dataset / "checksums.tsv").read_text()
+    except (ImportError, OSError):
+        return {}
+    table = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith("#"):
+            table[fields[0].rsplit("/", 1)[-1]] = (int(fields[1]), fields[2])
+    return table
+
+
+def _imagenet_layout() -> Layout:
+    table = {**_IMAGENET, **_tfds_checksums_tsv("imagenet2012")}
+    files = tuple(_IMAGENET)
+    return Layout(
+        "imagenet",
+        files,
+        sha256={f: table[f][1] for f in files},
+        sizes={f: table[f][0] for f in files},
+        hash_by_default=False,
+    )
 
 
 def _from_tfds(kind: str, files: tuple[str, ...], tfds_name: str) -> Layout:
@@ -144,6 +194,8 @@ def layouts(name: str) -> tuple[Layout, ...]:
         if name == "cifar10":
             found.append(Layout("npz", tuple(_CIFAR10_NPZ), dict(_CIFAR10_NPZ)))
         return tuple(found)
+    if family == "imagenet":
+        return (_imagenet_layout(),)
     raise ValueError(
         f"no original files are known for dataset {name!r}; "
         f"datasets with archives: {', '.join(ARCHIVE_DATASETS)}"
@@ -189,8 +241,21 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def verify_archives(name: str, folder: str | os.PathLike) -> Layout:
-    """Checks the sha256 of every file of the layout found in `folder` whose checksum is known.
+def _size_problems(folder: Path, layout: Layout) -> list[str]:
+    bad = []
+    for f, expected in layout.sizes.items():
+        got = (folder / f).stat().st_size
+        if got != expected:
+            what = "smaller than" if got < expected else "not"
+            hint = ": a truncated copy?" if got < expected else ""
+            bad.append(f"{folder / f}: {got:,} bytes, {what} the official {expected:,}{hint}")
+    return bad
+
+
+def verify_archives(name: str, folder: str | os.PathLike, *, hash_large: bool = False) -> Layout:
+    """Checks the size and sha256 of every file of the layout found in `folder` whose size or
+    checksum is known (sizes first: a cheap check that fails fast). Layouts with
+    `hash_by_default=False` (ImageNet) are hashed only with `hash_large`.
 
     Returns the layout; raises `DatasetNotFoundError` if no layout is complete, `ChecksumError`
     listing the mismatches otherwise.
@@ -201,8 +266,9 @@ def verify_archives(name: str, folder: str | os.PathLike) -> Layout:
         raise DatasetNotFoundError(
             f"no complete set of {name} files in {folder}; expected one of:\n{expected_files(name)}"
         )
-    bad = []
-    for f in layout.files:
+    bad = _size_problems(folder, layout)
+    hash_them = layout.hash_by_default or hash_large
+    for f in layout.files if hash_them and not bad else ():
         if f in layout.sha256:
             got = _sha256(folder / f)
             if got != layout.sha256[f]:
@@ -214,7 +280,7 @@ def verify_archives(name: str, folder: str | os.PathLike) -> Layout:
             + "\n(a truncated download or another dataset's file; pass verify=False or "
             "--no-verify to use them anyway)"
         )
-    unknown = [f for f in layout.files if f not in layout.sha256]
+    unknown = [f for f in layout.files if f not in layout.sha256 or not hash_them]
     if unknown:
         log.debug("%s: no published sha256 for %s; not verified", name, ", ".join(unknown))
     return layout

@@ -2,6 +2,8 @@
 
     normlab data prepare mnist --from /work/shared/datasets     # offline, from a local folder
     normlab data prepare cifar10                                # downloads (needs internet)
+    normlab data prepare imagenet2012 --from /data/imagenet     # the two ILSVRC2012 tars
+    normlab data prepare image_folder --from DIR --name NAME    # DIR/<split>/<class>/<image>
     normlab data info                                           # every dataset, sizes, status
     normlab data info cifar10                                   # incl. partial splits
 
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from normlab.data import archives, datasets
-from normlab.data.catalog import BUILT, CATALOG
+from normlab.data.catalog import BUILT, CATALOG, image_folder_info
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,7 +44,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         )
 
     prepare = sub.add_parser("prepare", help="build the TFDS data of a dataset from its files")
-    prepare.add_argument("name", help=f"one of {', '.join(BUILT)}")
+    prepare.add_argument("name", help=f"one of {', '.join(BUILT)}, or image_folder")
     prepare.add_argument(
         "--from",
         dest="source",
@@ -53,6 +55,18 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     add_dirs(prepare)
     prepare.add_argument("--no-verify", action="store_true", help="skip the sha256 checks")
     prepare.add_argument("--force", action="store_true", help="rebuild if already prepared")
+    prepare.add_argument(
+        "--name",
+        dest="dataset_name",
+        metavar="NAME",
+        help="image_folder only: the data set's name (then --config.dataset=NAME)",
+    )
+    prepare.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="image_folder only: leave out unreadable or non-image files (counted) instead of "
+        "stopping at the first",
+    )
 
     info = sub.add_parser("info", help="splits, sizes, partial splits and locations")
     info.add_argument("name", nargs="?", help="a dataset (default: all of normlab's)")
@@ -72,7 +86,33 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _prepare_image_folder(args: argparse.Namespace) -> int:
+    if args.source is None or args.dataset_name is None:
+        raise ValueError("prepare image_folder needs --from DIR (DIR/<split>/<class>/<image>) "
+                         "and --name NAME")
+    from normlab.data.builders.image_folder import prepare_image_folder
+
+    name = args.dataset_name
+    existing = datasets.prepared_dir(name, args.tfds_dir)
+    if existing is not None and not args.force:
+        print(f"{name} is already prepared in {existing}; --force rebuilds it")
+    else:
+        start = time.perf_counter()
+        with datasets._quiet_tfds(progress_bars=False):
+            folder = prepare_image_folder(
+                args.source, name, datasets.resolve_tfds_dir(args.tfds_dir),
+                skip_bad=args.skip_bad, force=args.force,
+            )
+        print(f"prepared {name} in {folder} ({time.perf_counter() - start:.1f} s)")
+    _print_info(name, args.data_dir, args.tfds_dir)
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
+    if args.name == "image_folder":
+        return _prepare_image_folder(args)
+    if args.dataset_name is not None or args.skip_bad:
+        raise ValueError(f"--name and --skip-bad are for image_folder, not {args.name}")
     if args.name in CATALOG and not CATALOG[args.name].builder:
         print(f"{args.name} is {CATALOG[args.name].prepare}")
         return 0
@@ -109,13 +149,18 @@ def _print_info(
     name: str, data_dir: str | None, tfds_dir: str | None, archive_folder: Path | None = None
 ) -> None:
     info = datasets.dataset_info(name, data_dir=data_dir, tfds_dir=tfds_dir, prepare=False)
-    shape = "x".join(str(d) for d in info.image_shape)
+    shape = "x".join("?" if d is None else str(d) for d in info.image_shape)
     print(f"{name}: {info.num_classes} classes, images {shape}")
     print("  splits: " + ", ".join(f"{s} {n:,}" for s, n in info.splits.items()))
     for split, what in info.partial_splits.items():
         print(f"  PARTIAL {split}: {what}")
     if name not in CATALOG:
-        print(f"  prepared: {datasets.resolve_tfds_dir(tfds_dir)} (TFDS)")
+        folder = datasets.prepared_dir(name, tfds_dir)
+        if folder is None:
+            print(f"  prepared: {datasets.resolve_tfds_dir(tfds_dir)} (TFDS)")
+            return
+        entry = image_folder_info(name, datasets.resolve_tfds_dir(tfds_dir))
+        print(f"  {entry.description}\n  prepared: {folder}\n  how to rebuild: {entry.prepare}")
         return
     print(f"  how to get it: {CATALOG[name].prepare}")
     if not CATALOG[name].builder:

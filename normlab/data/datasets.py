@@ -21,6 +21,7 @@ to 0..255 by round(v·255/16) (lossless) so every dataset is uint8 on the same s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -34,7 +35,14 @@ import numpy as np
 
 from normlab.data import archives
 from normlab.data.archives import ChecksumError, DatasetNotFoundError, resolve_data_dir
-from normlab.data.catalog import BUILT, CATALOG, DatasetInfo
+from normlab.data.catalog import (
+    BUILT,
+    CATALOG,
+    IMAGE_FOLDER_MARKER,
+    DatasetInfo,
+    image_folder_info,
+    image_folder_path,
+)
 from normlab.data.reader import ArraySplit, TfdsSplit
 from normlab.registry import DATASETS
 
@@ -73,11 +81,20 @@ def _builder_cls(name: str):
     return info.builder_cls() if info is not None else None
 
 
+def _image_folder_dir(name: str, tfds_dir: str | os.PathLike | None) -> Path | None:
+    """The folder of image folder `name` prepared under the TFDS dir, or None."""
+    if name in CATALOG:
+        return None
+    path = image_folder_path(name, resolve_tfds_dir(tfds_dir))
+    return path if (path / IMAGE_FOLDER_MARKER).is_file() else None
+
+
 def prepared_dir(name: str, tfds_dir: str | os.PathLike | None = None) -> Path | None:
-    """The folder of `name`'s prepared TFDS data (one of normlab's builders), or None."""
+    """The folder of `name`'s prepared TFDS data (one of normlab's builders or a prepared image
+    folder), or None."""
     cls = _builder_cls(name)
     if cls is None:
-        return None
+        return _image_folder_dir(name, tfds_dir)
     path = resolve_tfds_dir(tfds_dir) / cls.name / str(cls.VERSION)
     return path if (path / "dataset_info.json").is_file() else None
 
@@ -263,6 +280,13 @@ def dataset_info(
         dataset_info("cifar10").partial_splits   # {"test": "first 1,000 of 10,000 ..."}
     """
     if name not in CATALOG:
+        folder = _image_folder_dir(name, tfds_dir)
+        if folder is not None:
+            import tensorflow_datasets as tfds
+
+            entry = image_folder_info(name, resolve_tfds_dir(tfds_dir))
+            info = _info_from_tfds(name, tfds.builder_from_directory(str(folder)).info)
+            return dataclasses.replace(info, description=entry.description, prepare=entry.prepare)
         return _info_from_tfds(name, _tfds_builder(name, tfds_dir).info)
     if not CATALOG[name].builder:
         return CATALOG[name]
@@ -322,8 +346,11 @@ def tfds_source(
     import tensorflow_datasets as tfds
 
     if _builder_cls(name) is None:
-        return _tfds_builder(name, tfds_dir).as_data_source(split=split)
-    folder = ensure_prepared(name, data_dir=data_dir, tfds_dir=tfds_dir)
+        folder = _image_folder_dir(name, tfds_dir)
+        if folder is None:
+            return _tfds_builder(name, tfds_dir).as_data_source(split=split)
+    else:
+        folder = ensure_prepared(name, data_dir=data_dir, tfds_dir=tfds_dir)
     # From the directory, not the registered class: the description on disk (which names any
     # partial split) is the one to keep.
     return tfds.builder_from_directory(str(folder)).as_data_source(split=split)
@@ -344,7 +371,8 @@ def open_split(
     if name == "digits":
         return ArraySplit(*digits_split(split))
     source = tfds_source(name, split, data_dir=data_dir, tfds_dir=tfds_dir)
-    return TfdsSplit(source, fast=name in BUILT)
+    fast = name in BUILT or _image_folder_dir(name, tfds_dir) is not None
+    return TfdsSplit(source, fast=fast)
 
 
 def load_arrays(
