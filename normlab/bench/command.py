@@ -3,6 +3,7 @@
     normlab bench --models resnet20 --norms batch,group,group+proxy --json bench.json
     normlab bench --norm-ops --json norm_ops.json          # each norm alone, relative to BN
     normlab bench --quick                                  # a seconds-long smoke run
+    normlab bench --input --json input.json    # host JPEG decode + augment, the stream (no model)
 
 Prints Markdown tables, the targets of the benchmark issue (met or not, with the measured
 ratios) and, with --json FILE, writes everything with the run's provenance (command, device,
@@ -22,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from normlab.bench import input as input_bench
 from normlab.bench import models as model_bench
 from normlab.bench import norm_ops
 from normlab.bench.harness import as_json, machine_load, matmul_flops_per_s, peak_memory_bytes
@@ -31,14 +33,16 @@ QUICK = {
     "models": "mlp", "model_kwargs": '{"depth": 2, "width": 16, "activation": "relu"}',
     "image_size": 4, "batch_sizes": "8", "norms": "batch,group,group+proxy", "repeats": 2,
     "steps_per_call": 2, "dataset_size": 64, "matmul_size": 128, "shapes": "8x4x4x16",
-    "min_sample_ms": 2.0,
+    "min_sample_ms": 2.0, "input_size": 64, "input_images": 8, "input_batch": 4,
+    "input_chunks": 2,
 }
 FULL = {  # normlab's CIFAR ResNet-20 config (pre-activation) at batch 128
     "models": "resnet20", "model_kwargs": '{"preact": true}', "image_size": 32,
     "batch_sizes": "128", "norms": None, "repeats": None, "steps_per_call": 1,
     "dataset_size": 4096, "matmul_size": None,
     "shapes": ",".join("x".join(map(str, s)) for s in norm_ops.DEFAULT_SHAPES),
-    "min_sample_ms": 20.0,
+    "min_sample_ms": 20.0, "input_size": 224, "input_images": 64, "input_batch": 32,
+    "input_chunks": 8,
 }
 MODEL_NORMS = "batch,group,layer,group+proxy"
 TARGETS = {"norm_fwd_bwd": 1.3, "step_gn_pn": 1.15, "pipeline": 1.05, "gpu_bf16_mfu": 0.30}
@@ -48,6 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by `normlab bench` and scripts/bench.py)."""
     parser.add_argument("--norm-ops", action="store_true",
                         help="time each norm layer alone on NHWC tensors instead of models")
+    parser.add_argument("--input", action="store_true",
+                        help="time the host input instead of models: JPEG decode + augment by "
+                        "worker threads, and the stream end to end")
+    parser.add_argument("--input-threads", default="1,2",
+                        help="--input: comma-separated worker-thread counts")
+    parser.add_argument("--input-size", type=int, help="--input: output side (default 224)")
+    parser.add_argument("--input-images", type=int,
+                        help="--input: fake JPEGs per timed call (default 64)")
+    parser.add_argument("--input-batch", type=int,
+                        help="--input: the stream's batch (default 32)")
+    parser.add_argument("--input-chunks", type=int,
+                        help="--input: stream chunks timed after a warm-up chunk (default 8)")
     parser.add_argument("--quick", action="store_true",
                         help="a seconds-long smoke run: tiny model and shapes, 2 repeats")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -140,8 +156,11 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}: {err}") from err
     if not isinstance(s["model_kwargs"], dict):
         raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
+    s["input_threads"] = [int(t) for t in _csv(args.input_threads, "--input-threads")]
+    for threads in s["input_threads"]:
+        _positive(threads, "--input-threads")
     for name in ("repeats", "steps_per_call", "dataset_size", "matmul_size", "min_sample_ms",
-                 "image_size"):
+                 "image_size", "input_size", "input_images", "input_batch", "input_chunks"):
         _positive(s[name], f"--{name.replace('_', '-')}")
     for name in ("groups", "peak_tflops", "image_channels", "num_classes"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
@@ -188,7 +207,12 @@ def benchmark(s: dict[str, Any]) -> dict[str, Any]:
                               "load_before": machine_load(),
                               "settings": {k: v for k, v in s.items() if k != "func"}}
     min_sample_s = s["min_sample_ms"] / 1e3
-    if s["norm_ops"]:
+    if s["input"]:
+        result["input"] = input_bench.bench_input(
+            size=s["input_size"], threads=s["input_threads"], images=s["input_images"],
+            batch=s["input_batch"], steps_per_call=s["steps_per_call"],
+            chunks=s["input_chunks"], repeats=s["repeats"], min_sample_s=min_sample_s)
+    elif s["norm_ops"]:
         result["norm_ops"] = [
             row for dtype in s["dtypes"] for row in norm_ops.bench_norm_ops(
                 s["shapes"], s["norms"], dtype=jnp.dtype(dtype), activation=s["activation"],
@@ -227,6 +251,8 @@ def report(result: dict[str, Any]) -> str:
              f"after {load[1]} on {result['load_before']['cpu_count']} CPUs", ""]
     if "norm_ops" in result:
         lines += [norm_ops.markdown(result["norm_ops"]), ""]
+    if "input" in result:
+        lines += [input_bench.markdown(result["input"]), ""]
     if "models" in result:
         per_dtype = result["peak_flops"]["per_dtype"]
         lines += ["peak FLOP/s: " + ", ".join(f"{d} {v / 1e9:.1f} G" for d, v in
