@@ -22,11 +22,12 @@ has global slot p·B/P + j and draws its augmentation from `example_rng(seed, s,
 Why a thread pool and not grain: the loop asks for chunks of K whole steps, in order, and an
 out-of-order request (a resume) must restart at that step. With a `concurrent.futures` pool, a
 step's indices are read in one batched lookup on the prefetch thread and each example is one task
-writing into the chunk's preallocated array; measured with `normlab bench --input` against grain's
-`MapDataset.range(...).map(...).to_iter_dataset(ReadOptions(num_threads))` over (step, slot)
-elements (see BENCHMARKS.md): per-example grain elements need one read per example and a
-stacking pass, and restarting means rebuilding the iterator. Decoding (simplejpeg, Pillow,
-OpenCV) releases the GIL, so threads scale with cores.
+writing into the chunk's preallocated array. grain's index-addressed form, a `MapDataset` of
+(step, slot) elements → `map(read + transform)` → `to_iter_dataset(ReadOptions(num_threads))`,
+needs one read per example, a stacking pass per chunk, and a rebuilt iterator on a restart; it
+measured 10-15% slower (`normlab bench --input`, 224 px, batch 32: 398 vs 357 images/s with one
+thread, 449 vs 392 with two, on the loaded 2-core CPU of BENCHMARKS.md). Decoding and resizing
+(simplejpeg, Pillow, OpenCV) release the GIL, so worker threads can run on separate cores.
 """
 
 from __future__ import annotations
