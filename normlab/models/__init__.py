@@ -23,7 +23,11 @@ Conventions shared by every model:
     block: norm_act1 < norm_act2 (< norm_act3) < norm_act_shortcut < out_act;
   * norms fused with their own nonlinearity (class attribute `self_activated`: "frn",
     "evonorm_b0", "evonorm_s0") are meant to be used with activation="identity";
-  * the classifier is the top-level params entry "head" (`normlab.models.transfer`).
+  * the classifier is the top-level params entry "head" (`normlab.models.transfer`);
+  * mixed precision: the field `dtype` (None, or e.g. bfloat16) is the compute dtype of every
+    Dense/Conv and NormAct. The input is cast to it inside the model (`compute_input`); params
+    and running statistics stay float32, norms reduce their statistics in float32, and the
+    logits come back in at least float32 (`float32_logits`), for the loss.
 """
 
 from __future__ import annotations
@@ -32,10 +36,28 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from normlab.registry import INITIALIZERS
 
 HEAD = "head"
+
+
+def compute_input(x: jax.Array, dtype: Any) -> jax.Array:
+    """The model's input in its compute dtype (`dtype` None: unchanged).
+
+        h = compute_input(x_NHWC, jnp.bfloat16)
+    """
+    return x if dtype is None else x.astype(dtype)
+
+
+def float32_logits(logits: jax.Array) -> jax.Array:
+    """Logits in float32 (float64 stays float64): a bfloat16 head's output, before the loss.
+
+        return float32_logits(head(h))
+    """
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 def layer_name(index: int, num_layers: int) -> str:

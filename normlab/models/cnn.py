@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from normlab.models import HEAD, build_initializer, layer_name
+from normlab.models import HEAD, build_initializer, compute_input, float32_logits, layer_name
 from normlab.nn.dropout import Dropout
 from normlab.nn.norm_act import NormAct
 from normlab.registry import CONVOLUTIONS, MODELS
@@ -80,7 +80,7 @@ class ConvNormAct(nn.Module):
       norm, activation, norm_kwargs, act_kwargs: as in `NormAct`.
       kernel_init: the kernel's init function.
       use_bias: bias in the conv (redundant before a norm with its own β).
-      dtype: computation dtype of the conv.
+      dtype: computation dtype of the conv and the NormAct.
 
         layer = ConvNormAct(features=16, norm="group", norm_kwargs={"num_groups": 4},
                             kernel_init=nn.initializers.he_normal())
@@ -116,6 +116,7 @@ class ConvNormAct(nn.Module):
             activation=self.activation,
             norm_kwargs=self.norm_kwargs,
             act_kwargs=self.act_kwargs,
+            dtype=self.dtype,
             name="norm_act",
         )(y, train=train)
 
@@ -137,7 +138,8 @@ class SmallCNN(nn.Module):
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options of every kernel.
       use_bias: conv bias; None means "only when norm is 'none'" (a norm's β replaces it).
       dropout_rate: inverted dropout on the pooled features before the head.
-      dtype: computation dtype of convs and head.
+      dtype: compute dtype of every layer (e.g. bfloat16; params stay float32, the input is
+        cast to it, the logits come back in float32).
 
     Layers are named layer_00, layer_01, ... in depth order; the head is "head".
 
@@ -175,6 +177,7 @@ class SmallCNN(nn.Module):
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"SmallCNN: dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        x = compute_input(x, self.dtype)
         init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
         use_bias = self.norm == "none" if self.use_bias is None else self.use_bias
         num_layers = len(self.features) * self.convs_per_stage
@@ -199,4 +202,5 @@ class SmallCNN(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         if self.dropout_rate > 0:
             x = Dropout(rate=self.dropout_rate)(x, train=train)
-        return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)(x)
+        head = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)
+        return float32_logits(head(x))

@@ -18,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from normlab.models import HEAD, build_initializer, layer_name
+from normlab.models import HEAD, build_initializer, compute_input, float32_logits, layer_name
 from normlab.nn.dropout import DropConnectDense, Dropout
 from normlab.nn.logical import channel_params, constrain, partitioned
 from normlab.nn.norm_act import NormAct
@@ -36,7 +36,7 @@ class DenseNormAct(nn.Module):
       norm, activation, norm_kwargs, act_kwargs: as in `NormAct`.
       kernel_init: the init function of W.
       use_bias: whether to add b.
-      dtype: computation dtype of the matmul (None: from the input and params).
+      dtype: computation dtype of the matmul and the NormAct (None: from the input and params).
       axes: logical axis names (input, output) of W for tensor parallelism
         (`normlab.parallel.logical`); b, the norm's and the activation's per-channel params
         and the output activations run along the output axis.
@@ -84,6 +84,7 @@ class DenseNormAct(nn.Module):
             activation=self.activation,
             norm_kwargs=self.norm_kwargs,
             act_kwargs=self.act_kwargs,
+            dtype=self.dtype,
             name="norm_act",
         )(y, train=train)
         if self.dropout_rate > 0:
@@ -113,7 +114,8 @@ class MLP(nn.Module):
       dropout_rate: dropout after each hidden activation (0: none).
       dropout_mode: "inverted" or "classic" (`normlab.nn.dropout.Dropout`).
       dropconnect_rate: DropConnect on every hidden layer's W (`DropConnectDense`; 0: none).
-      dtype: computation dtype of the Dense layers.
+      dtype: compute dtype of every layer (e.g. bfloat16; params stay float32, the input is
+        cast to it, the logits come back in float32).
 
     Layers are named layer_00, layer_01, ... (`normlab.models.layer_name`), the head "head".
 
@@ -165,7 +167,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if x.ndim < 2:
             raise ValueError(f"MLP: input must be (N, ...) with ndim >= 2, got shape={x.shape}")
-        h = x.reshape(x.shape[0], -1)
+        h = compute_input(x.reshape(x.shape[0], -1), self.dtype)
         in_axis = "embed"
         for index, features in enumerate(widths):
             out_axis = "mlp" if index % 2 == 0 else "embed"
@@ -175,7 +177,7 @@ class MLP(nn.Module):
             in_axis = out_axis
             if self.dropout_rate > 0:
                 h = Dropout(rate=self.dropout_rate, mode=self.dropout_mode)(h, train=train)
-        return self._head(in_axis, name=HEAD)(h)
+        return float32_logits(self._head(in_axis, name=HEAD)(h))
 
     def _hidden(self, features: int, axes: Axes, dropout_rate: float = 0.0, **kw) -> nn.Module:
         return DenseNormAct(
@@ -205,7 +207,8 @@ class MLP(nn.Module):
         )
 
     def pipeline_segments(self) -> list[Segment]:
-        """The MLP as pipeline segments: flatten, layer_00, the run layer_01.., the head.
+        """The MLP as pipeline segments: flatten (and cast to `dtype`), layer_00, the run
+        layer_01.., the head, its logits in float32.
 
         ValueError unless there are at least two hidden layers of equal width.
         """
@@ -218,8 +221,9 @@ class MLP(nn.Module):
         # parent=None: standalone modules, not submodules of this (unbound) MLP
         layer = self._hidden(widths[0], (None, None), self.dropout_rate, parent=None)
         return [
-            Layer(None, lambda x: x.reshape(x.shape[0], -1)),
+            Layer(None, lambda x: compute_input(x.reshape(x.shape[0], -1), self.dtype)),
             Layer(names[0], layer),
             Repeated(names[1:], layer),
             Layer(HEAD, self._head(None, parent=None), train_arg=False),
+            Layer(None, float32_logits),
         ]

@@ -33,7 +33,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from normlab.models import HEAD, build_initializer, layer_name, preset
+from normlab.models import (
+    HEAD,
+    build_initializer,
+    compute_input,
+    float32_logits,
+    layer_name,
+    preset,
+)
 from normlab.models.cnn import check_nhwc, conv_layer
 from normlab.models.stem import Stem
 from normlab.nn.dropout import StochasticDepth, linear_depth_rates
@@ -108,6 +115,7 @@ class ResidualBlock(nn.Module):
             activation="identity" if linear else self.activation,
             norm_kwargs=norm_kwargs,
             act_kwargs=None if linear else self.act_kwargs,
+            dtype=self.dtype,
             name=name,
         )
 
@@ -207,7 +215,7 @@ class ResidualBlock(nn.Module):
         if self.preact:
             return y
         return NormAct(norm="none", activation=self.activation, act_kwargs=self.act_kwargs,
-                       name="out_act")(y, train=train)
+                       dtype=self.dtype, name="out_act")(y, train=train)
 
 
 @MODELS.register("resnet")
@@ -241,7 +249,8 @@ class ResNet(nn.Module):
       conv: `CONVOLUTIONS` name of every conv ("weight_std" for GN+WS / LN+WS).
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options of every kernel.
       use_bias: conv bias; None means "only when norm is 'none'" (and not with Fixup).
-      dtype: computation dtype of convs and head.
+      dtype: compute dtype of every layer (e.g. bfloat16; params and running statistics stay
+        float32, the input is cast to it, the logits come back in float32).
 
     Layers are layer_00 (stem), layer_01..layer_L (blocks), layer_{L+1} (v2's final NormAct),
     then "head"; their pre-activations sort in depth order (`normlab.models`).
@@ -350,7 +359,8 @@ class ResNet(nn.Module):
                 index += 1
         if self.preact:
             final = channel_params(NormAct, "embed")
-            specs.append((layer_name(index, num_layers), final, dict(norm_act), None))
+            specs.append((layer_name(index, num_layers), final, dict(norm_act, dtype=self.dtype),
+                          None))
         return specs
 
     def _head(self, **kw: Any) -> nn.Dense:
@@ -368,16 +378,18 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         self._check(x)
+        x = compute_input(x, self.dtype)
         for name, cls, fields, _ in self._layer_specs():
             x = cls(name=name, **fields)(x, train=train)
         res: ResidualInit = RESIDUAL_INITS.build(self.residual_init)
         x = res.bias(jnp.mean(x, axis=(1, 2)))
-        return self._head(name=HEAD)(x)
+        return float32_logits(self._head(name=HEAD)(x))
 
     def pipeline_segments(self) -> list[Segment]:
         """The ResNet as pipeline segments: in each stage, blocks 1..n−1 (identical) form a
-        run; the stem, each stage's first block (new width or stride), v2's final NormAct,
-        pooling and the head run outside the runs.
+        run; the stem (which casts the input to `dtype`), each stage's first block (new width or
+        stride), v2's final NormAct, pooling, the head and its logits' cast to float32 run
+        outside the runs.
 
         ValueError with Fixup (scalar biases outside the blocks) or stochastic depth (blocks
         with different drop rates are not identical).
@@ -409,6 +421,7 @@ class ResNet(nn.Module):
         flush()
         segments.append(Layer(None, lambda x: jnp.mean(x, axis=(1, 2))))
         segments.append(Layer(HEAD, self._head(parent=None), train_arg=False))
+        segments.append(Layer(None, float32_logits))
         return segments
 
 

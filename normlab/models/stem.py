@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from normlab.models import compute_input
 from normlab.models.cnn import conv_layer
 from normlab.nn.logical import channel_params, constrain, partitioned
 from normlab.nn.norm_act import NormAct
@@ -20,7 +21,9 @@ from normlab.nn.norm_act import NormAct
 
 class Stem(nn.Module):
     """The input layer: conv 3×3/1 (`cifar`) or conv 7×7/2 → max-pool 3×3/2 (ImageNet), with
-    norm → act after the conv in v1 (none in v2, whose blocks start with their own).
+    norm → act after the conv in v1 (none in v2, whose blocks start with their own). The input
+    is cast to `dtype` here, so that a pipelined ResNet (which runs its layers without
+    `ResNet.__call__`) computes in it too.
 
         stem = Stem(features=16, cifar=True, kernel_init=init)
     """
@@ -40,6 +43,7 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         kernel, strides = (3, 1) if self.cifar else (7, 2)
+        x = compute_input(x, self.dtype)
         x = conv_layer(
             self.conv,
             self.features,
@@ -57,6 +61,7 @@ class Stem(nn.Module):
                 activation=self.activation,
                 norm_kwargs=self.norm_kwargs,
                 act_kwargs=self.act_kwargs,
+                dtype=self.dtype,
                 name="norm_act",
             )(x, train=train)
         if not self.cifar:

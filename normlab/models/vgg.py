@@ -21,7 +21,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from normlab.models import HEAD, build_initializer, layer_name, preset
+from normlab.models import (
+    HEAD,
+    build_initializer,
+    compute_input,
+    float32_logits,
+    layer_name,
+    preset,
+)
 from normlab.models.cnn import ConvNormAct, check_nhwc, max_pool_2x2
 from normlab.models.mlp import DenseNormAct
 from normlab.nn.dropout import Dropout
@@ -63,7 +70,8 @@ class VGG(nn.Module):
       conv: `CONVOLUTIONS` name of the conv layers.
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options of every kernel.
       use_bias: conv bias; None means "only when norm is 'none'". FC layers always have one.
-      dtype: computation dtype of convs and Dense layers.
+      dtype: compute dtype of every layer (e.g. bfloat16; params stay float32, the input is
+        cast to it, the logits come back in float32).
 
     Conv and FC layers are named layer_00, layer_01, ... in depth order; the head is "head".
     The flattened features have H·W·C entries after the pools (1·1·512 for 32×32 inputs with
@@ -112,6 +120,7 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         self._check(x)
+        x = compute_input(x, self.dtype)
         init = build_initializer(self.kernel_init, self.kernel_init_kwargs)
         use_bias = self.norm == "none" if self.use_bias is None else self.use_bias
         num_layers = sum(len(stage) for stage in self.stages) + len(self.fc_widths)
@@ -147,7 +156,8 @@ class VGG(nn.Module):
             index += 1
             if self.dropout_rate > 0:
                 x = Dropout(rate=self.dropout_rate)(x, train=train)
-        return nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)(x)
+        head = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, name=HEAD)
+        return float32_logits(head(x))
 
 
 for _name, _config in zip(VGG_STAGES, "ABDE", strict=True):

@@ -43,16 +43,22 @@ class NormAct(nn.Module):
       activation: an `ACTIVATIONS` registry name.
       norm_kwargs: keyword arguments of the norm (e.g. `{"num_groups": 8}`).
       act_kwargs: keyword arguments of the activation (e.g. `{"alpha": 0.1}`).
+      dtype: the output (compute) dtype, e.g. bfloat16; None: x's. The norm gets it as its own
+        `dtype` (unless `norm_kwargs` names one): it computes its statistics in float32 from
+        x as given and returns `dtype`, and the activation keeps it.
     """
 
     norm: str = "batch"
     activation: str = "relu"
     norm_kwargs: Mapping[str, Any] | None = None
     act_kwargs: Mapping[str, Any] | None = None
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         norm_kwargs = dict(self.norm_kwargs or {})
+        if self.dtype is not None:
+            norm_kwargs.setdefault("dtype", self.dtype)
         act_kwargs = dict(self.act_kwargs or {})
         if is_proxy(self.norm):
             if act_kwargs:

@@ -94,9 +94,16 @@ def resolve_groups(
     return channels // group_size
 
 
+# Running statistics have their own dtype, never `param_dtype`: in bfloat16 (8 significant bits)
+# an EMA step (1 − m)·(batch − running) below half a step of the value (2⁻⁹–2⁻⁸ relative)
+# rounds away, so at momentum 0.99 the statistics would freeze or drift whatever the batches say.
+RUNNING_STATS_DTYPE = jnp.float32
+
+
 def running_stats(module: nn.Module, channels: int) -> tuple[Any, Any]:
-    """The `batch_stats` variables "mean" (init 0) and "var" (init 1) of `module`, per channel."""
-    shape, dtype = (channels,), module.param_dtype
+    """The `batch_stats` variables "mean" (init 0) and "var" (init 1) of `module`, per channel,
+    in float32 (`RUNNING_STATS_DTYPE`) whatever the module's `param_dtype`."""
+    shape, dtype = (channels,), RUNNING_STATS_DTYPE
     mean = module.variable("batch_stats", "mean", lambda: jnp.zeros(shape, dtype))
     var = module.variable("batch_stats", "var", lambda: jnp.ones(shape, dtype))
     return mean, var
@@ -134,10 +141,11 @@ class BatchNorm(NormFields):
       * `ghost_batch_size` G: ghost (virtual) batches of G consecutive examples, each normalized
         with its own statistics (N must be divisible by G). Ghost batches are formed from the
         local batch; `axis_name` then only averages the running statistics across devices.
-    Running statistics "mean" and "var" (collection `batch_stats`, init 0 and 1) follow
-    new = m·old + (1 − m)·batch with m = `momentum`; with ghost batches "batch" is the mean over
-    ghost batches of their means and of their variances. `unbiased_running_var` multiplies the
-    batch variance by n/(n − 1), n = values per channel behind it, before it enters the average.
+    Running statistics "mean" and "var" (collection `batch_stats`, init 0 and 1, float32)
+    follow new = m·old + (1 − m)·batch with m = `momentum`; with ghost batches "batch" is the
+    mean over ghost batches of their means and of their variances. `unbiased_running_var`
+    multiplies the batch variance by n/(n − 1), n = values per channel behind it, before it
+    enters the average.
     They are not updated while initializing. Eval (`train=False`) normalizes with them, i.e. the
     affine map y = x·a + b, a = γ/sqrt(var + ε), b = β − mean·a. Replicas with per-device or
     per-group statistics keep different running statistics: average them before evaluating.
@@ -305,12 +313,15 @@ class RMSNorm(NormFields):
 
 @NORMS.register("none")
 class Identity(Norm):
-    """No normalization: y = x (no params, no state).
+    """No normalization: y = x (no params, no state), cast to `dtype` if given (as every norm's
+    output is).
 
         y = Identity().apply({}, x_NHWC, train=True)
     """
 
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         check_real_floating(x.dtype)  # the same inputs as every other norm
-        return x
+        return x if self.dtype is None else x.astype(self.dtype)

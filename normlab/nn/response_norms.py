@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from normlab.nn.norms import (
+    RUNNING_STATS_DTYPE,
     Initializer,
     NormFields,
     affine_params,
@@ -89,9 +90,9 @@ class EvoNormB0(NormFields):
     biased variance per channel over (N, H, W) in train mode (over the mapped batch with
     `axis_name`, per group with `axis_index_groups`) and the running variance in eval mode,
     σ²_instance the variance per example and channel over (H, W), and v a learnable per-channel
-    param "v" (init 1). The running variance "var" (collection `batch_stats`, init 1) follows
-    BatchNorm's convention new = m·old + (1 − m)·batch (m = `momentum`), not updated while
-    initializing. The input needs spatial axes: ValueError for (N, C).
+    param "v" (init 1). The running variance "var" (collection `batch_stats`, init 1, float32)
+    follows BatchNorm's convention new = m·old + (1 − m)·batch (m = `momentum`), not updated
+    while initializing. The input needs spatial axes: ValueError for (N, C).
 
         norm = EvoNormB0()
         variables = norm.init(jax.random.key(0), x_NHWC)
@@ -114,7 +115,7 @@ class EvoNormB0(NormFields):
         check_momentum("EvoNormB0", self.momentum)
         channels = x.shape[-1]
         ra_var = self.variable(
-            "batch_stats", "var", lambda: jnp.ones((channels,), self.param_dtype)
+            "batch_stats", "var", lambda: jnp.ones((channels,), RUNNING_STATS_DTYPE)
         )
         scale, bias = affine_params(self, channels)
         v = self.param("v", nn.initializers.ones, (channels,), self.param_dtype)
