@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ from normlab.reports.experiment import load_experiment, parse_experiment_args
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ONE = jax.devices()[:1]  # tiny runs: sharding over the 8 fake devices doubles their CPU time
 
 
 def test_fmt_cells():
@@ -121,17 +123,19 @@ def _digits_config(*overrides):
 
 def test_run_training_trains_reuses_and_records_divergence(tmp_path):
     config = _digits_config("total_steps=10")
-    first = run_training(config, tmp_path / "run", name="bn")
+    first = run_training(config, tmp_path / "run", name="bn", devices=ONE)
     assert first.name == "bn" and not first.reused and first.diverged is None
     assert first.summary["finished"] and [r["step"] for r in first.records] == [5, 10]
     assert first.final("train_loss") == pytest.approx(first.records[-1]["train_loss"])
     again = run_training(config, tmp_path / "run", reuse=True)
     assert again.reused and again.records == first.records
     # a different config in the same workdir is retrained, not reused
-    other = run_training(_digits_config("total_steps=5"), tmp_path / "run", reuse=True)
+    other = run_training(_digits_config("total_steps=5"), tmp_path / "run", reuse=True,
+                         devices=ONE)
     assert not other.reused and other.summary["step"] == 5
 
-    bad = run_training(_digits_config("total_steps=10", "lr=1e38"), tmp_path / "bad")
+    bad = run_training(_digits_config("total_steps=10", "lr=1e38"), tmp_path / "bad",
+                       devices=ONE)
     assert bad.diverged is not None and "non-finite training loss" in bad.diverged
     assert bad.seconds is None and bad.final("eval_accuracy") is None
     reread = run_training(_digits_config("total_steps=10", "lr=1e38"), tmp_path / "bad",
