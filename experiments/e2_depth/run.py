@@ -25,6 +25,7 @@ from normlab.reports import (
     Verdict,
     describe_runs,
     final_metric,
+    fmt,
     new_figure,
     plot_curves,
     steps_to_reach,
@@ -184,10 +185,11 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
                 f"off the plateau (loss < {PLATEAU}) at step {k_exit} vs {l_exit}", trains, n=1),
     ]
     if "Kaiming, BN" in runs:
-        accs = [runs[f"{i}, BN"]["test_accuracy"] for i in INITS]
+        accs = [runs[f"{i}, BN"]["test_accuracy"] for i in INITS]  # None: diverged
         out.append(Verdict("with BN both inits train",
-                           "test accuracy " + " vs ".join(f"{a:.4f}" for a in accs),
-                           "reproduced" if min(accs) > 0.9 else "not reproduced", n=1))
+                           "test accuracy " + " vs ".join(fmt(a, ".4f") for a in accs),
+                           "reproduced" if min(a or 0.0 for a in accs) > 0.9
+                           else "not reproduced", n=1))
     return out
 
 

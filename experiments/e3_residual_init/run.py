@@ -273,7 +273,7 @@ def verdicts(variances: dict[str, list[float]], init_loss: dict[str, float],
                 "reproduced" if geometric else "not reproduced", n=1),
         Verdict("MSRA, BN: the stream still grows, more slowly (linearly)",
                 f"stage 1: ×{per_block['v2, BN, standard (MSRA)'][0]:.3g} per block, "
-                "increments " + ", ".join(f"{d:.3g}" for d in steps),
+                f"increments {steps.min():.3g} to {steps.max():.3g}",
                 "reproduced" if slower else "not reproduced", n=1),
         Verdict("no norm: zero_init_last starts at the chance loss, MSRA far above",
                 f"loss at init {start['zero_init_last']:.3f} vs "
