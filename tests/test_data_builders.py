@@ -298,8 +298,9 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
 
 
 def test_other_tfds_names_pass_through_or_fail_clearly(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match="tfds build imagenet2012"):
-        load_arrays("imagenet2012", "validation", tfds_dir=tmp_path)
+    # (imagenet2012 is normlab's own now: normlab.data.builders.imagenet)
+    with pytest.raises(DatasetNotFoundError, match="tfds build oxford_flowers102"):
+        load_arrays("oxford_flowers102", "validation", tfds_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'no_such_data'.*mnist"):
         dataset_info("no_such_data", tfds_dir=tmp_path)
     with pytest.raises(ValueError, match="digits needs no preparation"):
@@ -377,8 +378,10 @@ def write_idx(path, array):
 def test_inconsistent_files_raise_value_errors(tmp_path):
     with pytest.raises(ValueError, match="no original files are known for dataset 'svhn'"):
         archives.layouts("svhn")
-    with pytest.raises(ValueError, match="normlab builds only .* got 'imagenet2012'"):
-        prepare("imagenet2012")
+    with pytest.raises(ValueError, match="normlab builds only .* got 'oxford_flowers102'"):
+        prepare("oxford_flowers102")
+    with pytest.raises(DatasetNotFoundError, match="image-net.org, which needs a login"):
+        prepare("imagenet2012", data_dir=tmp_path / "none", tfds_dir=tmp_path / "tfds")
     with pytest.raises(DatasetNotFoundError, match="no complete set of mnist files"):
         archives.verify_archives("mnist", tmp_path)
     # idx: fewer labels than images; a truncated image file

@@ -165,7 +165,8 @@ def prepare(
     else:
         folder = resolve_data_dir(data_dir) / name
         if archives.find_layout(name, folder) is None:
-            if not download:
+            downloadable = any(layout.downloadable for layout in archives.layouts(name))
+            if not download or not downloadable:
                 raise DatasetNotFoundError(_missing_message(name, folder, tfds_dir))
             archives.fetch_archives(name, folder)
         elif verify:
@@ -197,9 +198,13 @@ def _missing_message(name: str, folder: Path, tfds_dir: str | os.PathLike | None
         "Get it in one of these ways:\n"
         f"  - from a folder holding these files:\n"
         f"      normlab data prepare {name} --from /path/to/folder/with/the/archives{tfds_arg}\n"
-        f"  - on a machine with internet access (downloads and checks sha256):\n"
-        f"      normlab data prepare {name}{tfds_arg}\n"
-        f"  - or set NORMLAB_DATA_DIR to a folder holding one sub-folder per dataset "
+        + (
+            f"  - on a machine with internet access (downloads and checks sha256):\n"
+            f"      normlab data prepare {name}{tfds_arg}\n"
+            if any(layout.downloadable for layout in archives.layouts(name))
+            else f"  ({CATALOG[name].prepare})\n"
+        )
+        + f"  - or set NORMLAB_DATA_DIR to a folder holding one sub-folder per dataset "
         f"({name}/ with the files above), e.g. export NORMLAB_DATA_DIR=/work/shared/datasets\n"
         + "".join(
             f"(`{other}` needs no files: {info.prepare}.)"
