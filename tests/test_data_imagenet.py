@@ -210,3 +210,15 @@ def test_progress_line_rate_and_eta():
     bar.update(75)
     bar.close()
     assert stream.getvalue().splitlines()[-1].endswith("(100%), 5 images/s, done in 0:00:20")
+
+
+def test_cli_prepare_prints_the_partial_splits(fake, tmp_path, capsys):
+    from normlab import cli
+
+    argv = ["data", "prepare", "imagenet2012", "--from", str(fake.folder), "--no-verify"]
+    assert cli.main([*argv, "--tfds-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "imagenet2012: 1000 classes, images ?x?x3" in out
+    assert "PARTIAL train: 24 of 1,281,167 official train images" in out
+    assert cli.main([*argv, "--tfds-dir", str(tmp_path), "--name", "x"]) == 1
+    assert "--name and --skip-bad are for image_folder" in capsys.readouterr().err
