@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices, one compilation cache for the session and its subprocesses,
-session-scoped data, the shared tiny digits config and per-test seeded NumPy generators.
+"""Test setup: 8 fake CPU devices compiling fast, one compilation cache for the session and its
+subprocesses, session-scoped data, the shared tiny digits config and per-test seeded generators.
 
 The device flag must be in the environment before `import jax` anywhere in the test process,
 which is why it lives here (pytest imports conftest.py before any test module). So does the
@@ -15,6 +15,17 @@ import tempfile
 import zlib
 from pathlib import Path
 
+# The tests' programs are tiny: XLA:CPU's LLVM optimization passes and fusion emitters cost far
+# more compile time than they save at run time (the train/parallel test files: 41% less CPU
+# time). Results differ from XLA's defaults only in float32 rounding (transcendentals' last
+# bits); every process of one test compares with the same flags, except subprocesses given their
+# own XLA_FLAGS. NORMLAB_TEST_XLA_DEFAULTS=1 keeps XLA's optimizing defaults.
+FAST_COMPILE_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false"
+)
+if os.environ.get("NORMLAB_TEST_XLA_DEFAULTS") != "1":
+    os.environ["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
