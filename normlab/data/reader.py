@@ -32,8 +32,11 @@ def _apply(batch: Example, transform: Callable[[Example], Example] | None) -> Ex
 class ArraySplit:
     """A split held in memory (digits): same interface as `TfdsSplit`."""
 
+    encoded = False  # fixed-size uint8 images, never encoded bytes
+
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels
+        self.image_shape = tuple(images.shape[1:])
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import ml_collections
 
+# config.dtype: the compute dtype of the model (params, optimizer state, norm statistics and the
+# loss stay float32 either way; `normlab.models`)
+DTYPES = ("float32", "bfloat16")
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -33,6 +37,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.pad_to = 0
     c.preprocess = ml_collections.ConfigDict({"name": "none"})
     c.augment = ml_collections.ConfigDict()  # name -> kwargs, applied in order
+    # how the data reaches the step (normlab.train.stream_input): "device" holds the split on
+    # the devices, "stream" reads each step's rows on the host (`threads` workers, `prefetch`
+    # chunks ahead), "auto" holds it when its float32 images fit `device_budget_mb`; encoded
+    # images (ImageNet, image folders) always stream, decoded and cropped to `image_size`
+    c.data = ml_collections.ConfigDict(
+        {"pipeline": "auto", "device_budget_mb": 2048, "threads": 4, "prefetch": 2,
+         "image_size": 224}
+    )
     # durations and intervals
     c.batch_size = 128
     c.eval_batch_size = 1000
@@ -47,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     # model: `name` from the model registry, every other key is a constructor argument
     c.model = ml_collections.ConfigDict({"name": "mlp"})
+    c.dtype = "float32"  # compute dtype, one of DTYPES ("bfloat16": mixed precision)
     # optimization
     c.lr = 0.1
     # a negative lr is gradient ascent: refused unless asked for (a sign typo trains silently)

@@ -13,7 +13,7 @@ from normlab.train.state import TrainState
 from normlab.train.step import eval_step
 
 
-def make_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
+def make_evaluator(model: nn.Module, prepare: Callable | None = None) -> Callable[..., dict]:
     """`evaluate(state, x, y, batch_size) -> {"loss", "accuracy"}` over a whole split.
 
     One jitted scan over padded fixed-shape batches; the padding is masked out of the sums, so
@@ -23,10 +23,10 @@ def make_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
     @jax.jit
     def scan(state, x, y, mask):
         def body(total, batch):
-            out = eval_step(model, state, *batch)
+            out = eval_step(model, state, *batch, prepare)
             return jax.tree.map(jnp.add, total, out), None
 
-        shapes = jax.eval_shape(lambda: eval_step(model, state, x[0], y[0], mask[0]))
+        shapes = jax.eval_shape(lambda: eval_step(model, state, x[0], y[0], mask[0], prepare))
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
         return jax.lax.scan(body, zeros, (x, y, mask))[0]
 
@@ -54,10 +54,10 @@ def eval_metrics(sums: dict) -> dict[str, float]:
     return metrics
 
 
-def make_batch_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
+def make_batch_evaluator(model: nn.Module, prepare: Callable | None = None) -> Callable[..., dict]:
     """`evaluate(state, batches) -> metrics` over an iterator of padded (x, labels, mask)
     batches (the streamed path: the split never sits on the devices whole)."""
-    step = jax.jit(lambda state, x, y, mask: eval_step(model, state, x, y, mask))
+    step = jax.jit(lambda state, x, y, mask: eval_step(model, state, x, y, mask, prepare))
 
     def evaluate(state: TrainState, batches) -> dict[str, float]:
         total = None
@@ -71,11 +71,15 @@ def make_batch_evaluator(model: nn.Module) -> Callable[..., dict[str, float]]:
     return evaluate
 
 
-def make_diagnostics(model: nn.Module, activation: str) -> Callable[..., dict]:
+def make_diagnostics(
+    model: nn.Module, activation: str, prepare: Callable | None = None
+) -> Callable[..., dict]:
     """`diagnostics(state, x) -> {"diag/<layer>/<metric>": value}` on a fixed batch, eval mode."""
 
     @jax.jit
     def diagnostics(state: TrainState, x: jax.Array) -> dict:
+        if prepare is not None:
+            x = prepare(x)
         _, variables = model.apply(state.variables(), x, train=False, mutable=["intermediates"])
         preacts = collect_preacts(variables["intermediates"])
         return layer_diagnostics(preacts, activation=activation)

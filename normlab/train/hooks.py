@@ -13,6 +13,7 @@ metrics.jsonl, so a step's train, eval and diagnostic metrics stay together.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from normlab.errors import NonFiniteLossError
 from normlab.train.checkpoint import Checkpointer
 from normlab.train.metrics import MetricWriter, Progress
 from normlab.train.run import SNAPSHOTS, Run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,12 +56,15 @@ class Hook:
 
 
 class LogTrainMetrics(Hook):
-    """Means of the step metrics since the last log line, the lr, and the throughput."""
+    """Means of the step metrics since the last log line, the lr, and the throughput; with a
+    streamed input also `input_wait_s`, the seconds the loop waited for it since the last line
+    (a warning when that is over half the time: the input is the bottleneck)."""
 
     def __init__(self, every: int, batch_size: int):
         self.every, self.batch_size = every, batch_size
         self._pending: list[dict[str, np.ndarray]] = []
         self._since = time.perf_counter()
+        self._waited = 0.0
 
     def __call__(self, run: Run, tick: Tick) -> None:
         self._pending.append(tick.metrics)
@@ -73,6 +79,14 @@ class LogTrainMetrics(Hook):
         now = time.perf_counter()
         tick.record["steps_per_s"] = len(merged["lr"]) / max(now - self._since, 1e-9)
         tick.record["examples_per_s"] = tick.record["steps_per_s"] * self.batch_size
+        waited = getattr(run.data, "wait_seconds", None)
+        if waited is not None:
+            tick.record["input_wait_s"] = waited - self._waited
+            if tick.record["input_wait_s"] > 0.5 * (now - self._since):
+                log.warning("the input pipeline is the bottleneck: %.1f of the last %.1f s were "
+                            "spent waiting for data (raise data.threads?)",
+                            tick.record["input_wait_s"], now - self._since)
+            self._waited = waited
         self._since = now
         self._pending.clear()
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from normlab.data.datasets import dataset_info, load_arrays
+from normlab.data.datasets import dataset_info, load_arrays, open_split
 from normlab.data.loader import EpochSampler
 from normlab.data.preprocess import Preprocessor, from_state_dict, make_preprocessor
 from normlab.parallel.mesh import replicated
@@ -42,6 +42,13 @@ def to_float(images: np.ndarray, pad_to: int = 0) -> np.ndarray:
         top, left = (pad_to - h) // 2, (pad_to - w) // 2
         x = np.pad(x, ((0, 0), (top, pad_to - h - top), (left, pad_to - w - left), (0, 0)))
     return x
+
+
+def open_config_split(config: ConfigDict, split: str):
+    """Random access to one split of the config's data set (`normlab.data.datasets.open_split`)."""
+    return open_split(
+        config.dataset, split, data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None
+    )
 
 
 def load_split(config: ConfigDict, split: str, name: str | None = None) -> Split:
@@ -113,6 +120,12 @@ class DeviceData:
         self._on_device: tuple[jax.Array, jax.Array] | None = None
         self._evals: dict[tuple[str, str], tuple[jax.Array, jax.Array]] = {}
         self._diag: jax.Array | None = None
+
+    prepare = None  # the model's input is made on the host (StepConfig.prepare)
+
+    def example(self) -> np.ndarray:
+        """One model input (for initializing the model)."""
+        return self.train_x[:1]
 
     def chunk_args(self, step: int, k: int) -> tuple:
         """The data arguments of the chunk of steps [step, step + k)."""

@@ -79,6 +79,7 @@ def train(
         finally:
             for hook in hooks:
                 hook.close()
+            run.close()
         summary = summarize(
             workdir, step=step, total_steps=run.total_steps, seconds=time.time() - t_start
         )

@@ -36,17 +36,18 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from normlab.data.preprocess import Preprocessor
+from normlab.data.preprocess import Preprocessor, make_preprocessor
 from normlab.errors import NormlabError
 from normlab.parallel.plan import ParallelPlan
 from normlab.train import inputs
 from normlab.train.build import build_model, build_tx, frozen_backbone
 from normlab.train.checkpoint import Checkpointer
-from normlab.train.evaluator import make_diagnostics, make_evaluator
+from normlab.train.evaluator import make_batch_evaluator, make_diagnostics, make_evaluator
 from normlab.train.inputs import DeviceData
 from normlab.train.optim import Schedule, snapshot_steps
 from normlab.train.state import TrainState, init_state
 from normlab.train.step import StepConfig, chunk_body
+from normlab.train.stream_input import StreamData, choose_pipeline
 from normlab.train.validate import resolve_total_steps, validate
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Run:
     tx: optax.GradientTransformation
     lr_fn: Schedule
     num_classes: int
-    data: DeviceData
+    data: DeviceData | StreamData
     preprocessor: Preprocessor
     state: TrainState  # in the run layout (`plan.to_run`)
     start_step: int
@@ -75,6 +76,7 @@ class Run:
     checkpointer: Checkpointer | None = None
     restored_meta: dict[str, Any] | None = None  # the checkpoint's metadata, when restored
     _evaluate: Any = None
+    _evaluate_batches: Any = None
     _diagnostics: Any = None
     _canonical: tuple[int, TrainState] | None = field(default=None, repr=False)
 
@@ -94,9 +96,14 @@ class Run:
     def evaluate(self, splits: dict[str, str] | None = None) -> dict[str, float]:
         """`{"<prefix>_loss", "<prefix>_accuracy", ...}` of the current state on `splits`
         (metric prefix → split string; default: the config's `evals`)."""
+        splits = dict(self.config.evals) if splits is None else splits
         record: dict[str, float] = {}
-        for prefix, (x, y) in self.data.eval_arrays(splits).items():
-            metrics = self._evaluate(self.canonical(), x, y, self.config.eval_batch_size)
+        for prefix, split in splits.items():
+            if isinstance(self.data, StreamData):
+                metrics = self._evaluate_batches(self.canonical(), self.data.eval_batches(split))
+            else:
+                (x, y), = self.data.eval_arrays({prefix: split}).values()
+                metrics = self._evaluate(self.canonical(), x, y, self.config.eval_batch_size)
             record.update({f"{prefix}_{name}": value for name, value in metrics.items()})
         return record
 
@@ -104,6 +111,11 @@ class Run:
         """Per-layer statistics of pre-activations on a fixed training batch (eval mode)."""
         diag = jax.device_get(self._diagnostics(self.canonical(), self.data.diag_batch()))
         return {name: float(value) for name, value in diag.items()}
+
+    def close(self) -> None:
+        """Stops the input's reader threads (a streamed run); idempotent."""
+        if hasattr(self.data, "close"):
+            self.data.close()
 
     # ------------------------------------------------------------------ saving
     def meta(self, step: int) -> dict[str, Any]:
@@ -148,11 +160,24 @@ def build_run(
     plan = ParallelPlan.from_config(config, devices)
 
     # ---------------------------------------------------------------- data
-    train_split, _ = inputs.load_splits(config, evals=False)
+    # The device path holds the training images; a streamed run reads them per step and loads
+    # them whole only to fit a preprocessing that needs fitting (fixed-size images only).
     num_classes = inputs.num_classes(config)
-    train_x = inputs.to_float(train_split.images, config.pad_to)
-    total_steps = resolve_total_steps(config, len(train_x))
+    reader = inputs.open_config_split(config, config.train_split)
+    pipeline = choose_pipeline(config, reader.image_shape, len(reader))
+    _check_stream_preprocessing(config, pipeline, reader)
+    total_steps = resolve_total_steps(config, len(reader))
     snapshots_at = _snapshot_steps(config, total_steps)
+    train_x = train_labels = None
+    if pipeline == "device" or config.preprocess.name != "none":
+        train_split = inputs.load_split(config, config.train_split, "train")
+        train_x = inputs.to_float(train_split.images, config.pad_to)
+        train_labels = train_split.labels
+
+    def make_data(preprocessor: Preprocessor) -> DeviceData | StreamData:
+        if pipeline == "device":
+            return DeviceData(config, plan, preprocessor, train_x, train_labels)
+        return StreamData(config, plan, preprocessor)
 
     # ---------------------------------------------------------------- model and optimizer
     model, run_model = plan.adapt_model(build_model(config, num_classes))
@@ -186,6 +211,7 @@ def build_run(
     if restored is not None:
         canonical, _, meta = restored
         preprocessor = found["preprocessor"]
+        data = make_data(preprocessor)
         start_step = int(meta["step"])
         state = plan.to_run(canonical, run_model)
         log.debug("restored %s at step %d", checkpointer.directory, start_step)
@@ -193,8 +219,9 @@ def build_run(
         raise ValueError(f"{workdir} has no readable checkpoint in {Path(workdir) / folder}")
     else:
         meta = None
-        preprocessor = inputs.fit_preprocessor(config, train_x)
-        example = np.asarray(preprocessor(train_x[:1]))
+        preprocessor = _fit_preprocessor(config, train_x, reader)
+        data = make_data(preprocessor)
+        example = data.example()
         start_step = 0
         if initial is not None:
             state = plan.place(initial, model, run_model, example)
@@ -208,9 +235,6 @@ def build_run(
         else:
             state = plan.init(init_fn_for(example), model, run_model, example)
 
-    # ---------------------------------------------------------------- data on the devices
-    data = DeviceData(config, plan, preprocessor, train_x, train_split.labels)
-
     # ---------------------------------------------------------------- step, eval, diagnostics
     step_cfg = StepConfig(
         model=model,
@@ -223,6 +247,7 @@ def build_run(
         proxy_decay=config.weight_decay.proxy,
         augment={name: dict(kw) for name, kw in config.augment.items()},
         train_mode=not frozen_backbone(config),
+        prepare=data.prepare,
     )
     chunk = plan.jit_chunk(chunk_body(step_cfg, from_batches=data.per_process), run_model, state)
     return Run(
@@ -242,8 +267,9 @@ def build_run(
         snapshots_at=snapshots_at,
         checkpointer=checkpointer,
         restored_meta=meta,
-        _evaluate=make_evaluator(model),
-        _diagnostics=make_diagnostics(model, config.model.activation),
+        _evaluate=make_evaluator(model, data.prepare),
+        _evaluate_batches=make_batch_evaluator(model, data.prepare),
+        _diagnostics=make_diagnostics(model, config.model.activation, data.prepare),
     )
 
 
@@ -252,11 +278,37 @@ def _keep(config: ConfigDict, folder: str) -> int | None:
     return config.keep_checkpoints if folder == CHECKPOINTS else None
 
 
-def _example(meta: dict, preprocessor: Preprocessor, train_x: np.ndarray) -> np.ndarray:
-    """One input example of the saved model's shape (from its metadata when it has it)."""
+def _example(meta: dict, preprocessor: Preprocessor, train_x: np.ndarray | None) -> np.ndarray:
+    """One input example of the saved model's shape (from its metadata; checkpoints written
+    before it was recorded: from the training images)."""
     if "input_shape" in meta:
         return np.zeros((1, *meta["input_shape"]), np.float32)
+    if train_x is None:
+        raise NormlabError("this checkpoint predates streamed training: resume it with "
+                           "data.pipeline='device'")
     return np.asarray(preprocessor(train_x[:1]))
+
+
+def _check_stream_preprocessing(config: ConfigDict, pipeline: str, reader: Any) -> None:
+    """A fitted preprocessing needs fixed-size images (it is fitted on the whole split)."""
+    if pipeline == "stream" and reader.encoded and config.preprocess.name != "none":
+        raise ValueError(
+            f"preprocess.name={config.preprocess.name!r} is fitted on the whole training split, "
+            f"which needs images of one fixed size; {config.dataset!r} holds encoded images of "
+            "varying size (decoded and cropped per step, scaled to [0, 1] on the device): use "
+            "preprocess.name='none'"
+        )
+
+
+def _fit_preprocessor(config: ConfigDict, train_x: np.ndarray | None, reader: Any) -> Preprocessor:
+    """The config's preprocessing fitted on the training images ("none" needs none of them)."""
+    if train_x is not None:
+        return inputs.fit_preprocessor(config, train_x)
+    if reader.encoded:  # decoded to (S, S, 3) per step; the preprocessor is never applied
+        shape = (1, config.data.image_size, config.data.image_size, 3)
+        return make_preprocessor("none").fit(np.zeros(shape, np.float32))
+    first = inputs.to_float(reader.read(np.arange(1))["image"], config.pad_to)
+    return make_preprocessor("none").fit(first)
 
 
 def _snapshot_steps(config: ConfigDict, total_steps: int) -> frozenset[int]:

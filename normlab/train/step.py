@@ -34,6 +34,9 @@ from normlab.train.state import TrainState
 class StepConfig:
     """What a step needs besides the state: the model, optimizer and loss terms.
 
+    `prepare` turns the batch as sent into the model's input on the device (the streamed
+    encoded-image path sends uint8 and scales it here); None: sent as the model takes it.
+
     `train_mode=False` runs the forward pass of the step in inference mode (`train=False`:
     running BN statistics, no dropout) and keeps `batch_stats` as they are: a frozen backbone
     (`init_from.freeze_backbone`) is then exactly the fixed function it was at the end of its
@@ -52,6 +55,7 @@ class StepConfig:
     batch_sharding: jax.sharding.Sharding | None = None
     axis_name: str | None = None
     train_mode: bool = True
+    prepare: Callable[[jax.Array], jax.Array] | None = None  # on-device input transform
 
 
 def augment_batch(
@@ -91,6 +95,8 @@ def train_step(
     if cfg.axis_name is not None:  # each device augments and drops out its own examples
         step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(cfg.axis_name))
     aug_rng, dropout_rng = jax.random.split(step_rng)
+    if cfg.prepare is not None:
+        x = cfg.prepare(x)
     targets = jax.nn.one_hot(labels, cfg.num_classes, dtype=jnp.float32)
     x, targets = augment_batch(aug_rng, x, targets, cfg.augment)
     if cfg.batch_sharding is not None:
@@ -191,10 +197,17 @@ TOP5_FROM_CLASSES = 100  # top-5 accuracy is reported for data sets with at leas
 
 
 def eval_step(
-    model: nn.Module, state: TrainState, x: jax.Array, labels: jax.Array, mask: jax.Array
+    model: nn.Module,
+    state: TrainState,
+    x: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    prepare: Callable[[jax.Array], jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
     """Sums of loss, correct predictions (and top-5 hits with ≥ 100 classes) and the count over
-    the unmasked examples of one batch."""
+    the unmasked examples of one batch (`prepare`: as in `StepConfig`)."""
+    if prepare is not None:
+        x = prepare(x)
     logits = model.apply(state.variables(), x, train=False).astype(jnp.float32)
     loss = -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, logits.shape[-1]), -1)
     correct = jnp.argmax(logits, -1) == labels

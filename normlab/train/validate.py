@@ -34,8 +34,9 @@ from normlab.registry import (
     SCHEDULES,
     Registry,
 )
-from normlab.train.defaults import base_config
+from normlab.train.defaults import DTYPES, base_config
 from normlab.train.optim import build_clipping, build_schedule
+from normlab.train.stream_input import PIPELINES
 
 # model field -> (registry of its name, the model field holding that component's kwargs)
 _MODEL_COMPONENTS: dict[str, tuple[Registry, str | None]] = {
@@ -189,6 +190,11 @@ def _check_kwargs(field: str, component: Any, kwargs: Mapping[str, Any]) -> None
 
 def _check_model(config: ConfigDict) -> None:
     model = config.model
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    if "dtype" in model:
+        raise ValueError(f"model.dtype: set the compute dtype with config.dtype (one of "
+                         f"{', '.join(DTYPES)}), not in model")  # fmt: skip
     kwargs = model_kwargs(config)
     for field, (registry, kwargs_field) in _MODEL_COMPONENTS.items():
         if field in model:
@@ -231,6 +237,14 @@ def _check_data(config: ConfigDict) -> None:
             raise ValueError(f"evals.{prefix} must name a split, e.g. 'test', got {split!r}")
     options = dict(config.preprocess)
     make_preprocessor(options.pop("name"), **options)
+    data = config.data
+    if data.pipeline not in PIPELINES:
+        raise ValueError(f"data.pipeline={data.pipeline!r}; valid: {', '.join(PIPELINES)}")
+    for name in ("threads", "prefetch", "image_size"):
+        _at_least(f"data.{name}", data[name], 1)
+    if not _is_number(data.device_budget_mb) or data.device_budget_mb < 0:
+        raise ValueError(f"data.device_budget_mb must be a number >= 0 (MiB), got "
+                         f"{data.device_budget_mb!r}")
     for name, options in config.augment.items():
         _check_kwargs(f"augment.{name}", AUGMENTATIONS.get(name), dict(options or {}))
 

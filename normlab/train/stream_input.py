@@ -1,0 +1,199 @@
+"""The streamed input path: each step's examples read (and decoded, augmented) on the host.
+
+`config.data.pipeline` chooses how a run is fed (`choose_pipeline`):
+
+    "device"  the whole split on the devices, indices per step (`normlab.train.inputs.DeviceData`)
+    "stream"  rows read per step from the prepared data set (`StreamData`, this module)
+    "auto"    device when the split's float32 images fit `data.device_budget_mb`, else stream;
+              data sets of encoded images of varying size (ImageNet, image folders) always stream
+
+Both give the same batches: step s's examples are `EpochSampler.batch_indices(s)` (a pure
+function of the seed and the step), each process reads only the rows its devices hold
+(`normlab.data.stream.StreamSource`, worker threads and a prefetch buffer), and the global batch
+is assembled from them (`jax.make_array_from_callback`), so a resumed run sees the same data on
+either path. Fixed-size images go through the same host preprocessing as the device path (the
+fitted `Preprocessor`), so the two paths feed the model the same floats. Encoded images (JPEG)
+are decoded, cropped and flipped on the host (`normlab.data.transforms`, keyed by (seed, step,
+slot)), sent as uint8 and scaled to [0, 1] on the device (`StepConfig.prepare`): 4× less traffic.
+
+The time the loop waits for its input is accumulated in `wait_seconds` and logged per log line
+as `input_wait_s`; a warning says when the input is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from normlab.data.loader import EpochSampler
+from normlab.data.preprocess import Preprocessor
+from normlab.parallel.mesh import batch_sharded, replicated
+from normlab.parallel.plan import ParallelPlan
+from normlab.train import inputs
+
+log = logging.getLogger(__name__)
+
+PIPELINES = ("auto", "device", "stream")
+
+
+def encoded_images(image_shape: tuple) -> bool:
+    """Whether a data set stores encoded images of varying size (no fixed image shape)."""
+    return any(d is None for d in image_shape)
+
+
+def choose_pipeline(config: ConfigDict, image_shape: tuple, num_examples: int) -> str:
+    """"device" or "stream" for `config.data.pipeline` (see the module docstring)."""
+    wanted = config.data.pipeline
+    if encoded_images(image_shape):
+        if wanted == "device":
+            raise ValueError(
+                f"data.pipeline='device' needs images of one fixed shape; {config.dataset!r} "
+                "stores encoded images of varying size: use data.pipeline='stream' (or 'auto')"
+            )
+        return "stream"
+    if wanted != "auto":
+        return wanted
+    h, w, c = image_shape
+    side_h, side_w = max(h, config.pad_to), max(w, config.pad_to)
+    megabytes = num_examples * side_h * side_w * c * 4 / 2**20
+    return "device" if megabytes <= config.data.device_budget_mb else "stream"
+
+
+def scale_uint8(x: jax.Array) -> jax.Array:
+    """uint8 images → float32 in [0, 1], on the device (the encoded-image path)."""
+    return x.astype(jnp.float32) / 255.0
+
+
+class StreamData:
+    """The run's data, streamed; the interface of `DeviceData` (`chunk_args`, `diag_batch`,
+    `input_shape`), with evaluation by padded batches (`eval_batches`) instead of whole splits.
+
+    `encoded`: the split holds encoded images (decoded and augmented here, uint8 to the device,
+    `prepare = scale_uint8` in the step); otherwise fixed-size uint8 images, turned into the
+    model's float input on the host exactly as the device path does (`preprocessor`).
+    """
+
+    per_process = True  # the chunk takes assembled batches (`chunk_body(from_batches=True)`)
+
+    def __init__(self, config: ConfigDict, plan: ParallelPlan, preprocessor: Preprocessor):
+        from normlab.data.stream import StreamSource, array_read
+        from normlab.data.transforms import EvalTransform, TrainTransform
+
+        self.config, self.plan, self.preprocessor = config, plan, preprocessor
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        self.reader = inputs.open_config_split(config, config.train_split)
+        self.encoded = bool(getattr(self.reader, "encoded", False))
+        if self.encoded:
+            size = config.data.image_size
+            self.read = self.reader.read_encoded
+            self.train_transform, self.eval_transform = TrainTransform(size), EvalTransform(size)
+            self.prepare = scale_uint8
+        else:
+            self.read = array_read(self.reader)
+            self.train_transform = self.eval_transform = None
+            self.prepare = None
+        self.sampler = EpochSampler(
+            len(self.reader), config.batch_size, config.seed,
+            process_index=self.process_index, process_count=self.process_count,
+        )
+        self.source = StreamSource(
+            self.read, self.sampler, transform=self.train_transform,
+            num_threads=config.data.threads, prefetch=config.data.prefetch,
+        )
+        self.input_shape = self._to_input(self._first(1)).shape[1:]
+        self.wait_seconds = 0.0
+        self._diag: jax.Array | None = None
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def example(self) -> np.ndarray:
+        """One model input (for initializing the model): float32, as the model sees it."""
+        x = self._to_input(self._first(1))
+        return np.asarray(x, np.float32) / 255.0 if self.encoded else x
+
+    def _first(self, n: int) -> np.ndarray:
+        """The first n training examples as the eval transform gives them (no augmentation)."""
+        images, _ = self.read(np.arange(n))
+        if not self.encoded:
+            return np.asarray(images)
+        return np.stack([self.eval_transform(image) for image in images])
+
+    def _to_input(self, x_u8: np.ndarray) -> np.ndarray:
+        """Host side of the model's input: fixed-size images as the device path makes them;
+        encoded ones stay uint8 (scaled on the device)."""
+        if self.encoded:
+            return x_u8
+        return inputs.transform(self.preprocessor, inputs.to_float(x_u8, self.config.pad_to))
+
+    def _global(self, local: np.ndarray, leading: int) -> jax.Array:
+        """The global array of which this process holds rows [p·b, (p+1)·b) of axis `leading`
+        (the sampler's assignment), sharded over `data`."""
+        b = local.shape[leading]
+        start = self.process_index * b
+        shape = (*local.shape[:leading], b * self.process_count, *local.shape[leading + 1 :])
+
+        def rows(index: tuple) -> np.ndarray:
+            index = list(index) + [slice(None)] * (len(shape) - len(index))
+            lo, hi, _ = index[leading].indices(shape[leading])
+            if lo < start or hi > start + b:
+                raise RuntimeError(
+                    f"a device holds rows [{lo}, {hi}) outside this process's rows "
+                    f"[{start}, {start + b}): the mesh's data axis must keep each process's "
+                    "devices together"
+                )
+            index[leading] = slice(lo - start, hi - start)
+            return local[tuple(index)]
+
+        return jax.make_array_from_callback(
+            shape, batch_sharded(self.plan.mesh, leading_axes=leading), rows
+        )
+
+    def chunk_args(self, step: int, k: int) -> tuple[jax.Array, jax.Array]:
+        """Global (x_KB, labels_KB) of steps [step, step + k), this process's rows read here."""
+        t0 = time.perf_counter()
+        x, labels = self.source.local_batches(step, k)
+        self.wait_seconds += time.perf_counter() - t0
+        k, b = labels.shape
+        flat = self._to_input(x.reshape(k * b, *x.shape[2:]))
+        x = flat.reshape(k, b, *flat.shape[1:])
+        return self._global(x, 1), self._global(np.asarray(labels, np.int32), 1)
+
+    def eval_batches(self, split: str) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+        """Global (x, labels, mask) batches of `split`, padded to `eval_batch_size` (rounded up
+        to a multiple of the data axis, over which they are sharded): every example in exactly
+        one unmasked row over all processes."""
+        from normlab.data.stream import array_read, eval_batches
+
+        reader = inputs.open_config_split(self.config, split)
+        read = reader.read_encoded if self.encoded else array_read(reader)
+        data = self.plan.data_size
+        batch = -(-self.config.eval_batch_size // data) * data
+        for x, labels, mask in eval_batches(
+            read, len(reader), batch, transform=self.eval_transform,
+            process_index=self.process_index, process_count=self.process_count,
+            num_threads=self.config.data.threads,
+        ):
+            yield (
+                self._global(self._to_input(x), 0),
+                self._global(np.asarray(labels, np.int32), 0),
+                self._global(np.asarray(mask, np.float32), 0),
+            )
+
+    def diag_batch(self) -> jax.Array:
+        """The fixed batch diagnostics are measured on: the first training examples."""
+        if self._diag is None:
+            n = min(self.config.diag_batch_size, len(self.reader))
+            self._diag = jax.device_put(self._to_input(self._first(n)),
+                                        replicated(self.plan.mesh))
+        return self._diag
+
+    def close(self) -> None:
+        """Stops the reader threads."""
+        self.source.close()
