@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
@@ -25,8 +26,10 @@ from normlab.train.validate import model_kwargs
 
 
 def build_model(config: ConfigDict, num_classes: int):
-    """The config's model, constructed from its registry name with checked arguments."""
-    return MODELS.build(config.model.name, num_classes=num_classes, **model_kwargs(config))
+    """The config's model, constructed from its registry name with checked arguments, computing
+    in `config.dtype` (its params float32 whatever that is)."""
+    return MODELS.build(config.model.name, num_classes=num_classes,
+                        dtype=jnp.dtype(config.dtype), **model_kwargs(config))
 
 
 def frozen_backbone(config: ConfigDict) -> bool:
