@@ -76,9 +76,14 @@ def test_norm_in_bf16_is_its_float32_output_rounded_once(name, train, rng):
     assert np.all(err <= bound), f"{name}: max excess {np.max(err - bound):.3g}"
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["one_device", "sharded_batch"])
 @pytest.mark.parametrize("name", RUNNING)
-def test_running_stats_stay_float32_and_follow_the_float64_ema(name, rng):
+def test_running_stats_stay_float32_and_follow_the_float64_ema(name, sharded, rng):
+    """Also with the bf16 batch sharded over 8 devices under jit, where XLA's cross-device
+    reduction runs in its operand's dtype: the statistics must be reduced from float32."""
     momentum = 0.9
+    mesh = jax.sharding.Mesh(jax.devices(), ("data",))
+    place = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     # bf16 params must not make the statistics bf16 (their dtype is their own)
     norm = _build_norm(name, momentum=momentum, param_dtype=BF16)
     step = jax.jit(lambda v, x: norm.apply(v, x, train=True, mutable=["batch_stats"])[1])
@@ -88,7 +93,7 @@ def test_running_stats_stay_float32_and_follow_the_float64_ema(name, rng):
     expected = {"mean": np.zeros(8), "var": np.ones(8)}
     for x in xs:
         x16 = jnp.asarray(x, BF16)
-        variables = {**variables, **step(variables, x16)}
+        variables = {**variables, **step(variables, jax.device_put(x16, place) if sharded else x16)}
         x64 = np.asarray(x16, np.float64)
         batch = {"mean": x64.mean(axis=(0, 1, 2)), "var": x64.var(axis=(0, 1, 2))}
         expected = {k: momentum * expected[k] + (1 - momentum) * batch[k] for k in expected}
@@ -210,3 +215,27 @@ def test_bf16_training_tracks_float32(case, tmp_path):
                 if jnp.issubdtype(np.asarray(leaf).dtype, jnp.floating)}
     assert any(path.startswith("['params']") for path in floating)
     assert {str(dtype) for dtype in floating.values()} == {"float32"}, floating
+
+
+def test_pipelined_model_computes_in_bf16_with_float32_logits(rng):
+    """A pipelined model runs its segments, not its `__call__`: they cast too."""
+    from normlab.parallel.mesh import build_mesh
+    from normlab.parallel.pipeline import PipelinedModel
+
+    x = jnp.asarray(rng.normal(size=(8, 4, 4, 1)), jnp.float32)
+    plain = MODELS.build("mlp", depth=3, width=8, norm="none", dtype=BF16)
+    piped = PipelinedModel(plain, build_mesh({"data": 4, "stage": 2}), microbatches=2)
+    variables = plain.init(jax.random.key(0), x, train=False)
+
+    def forward(v, x):
+        return piped.apply(v, x, train=False)
+
+    stacked = piped.stack(variables)
+    dtypes, matmuls = _matmul_operand_dtypes(jax.make_jaxpr(forward)(stacked, x).jaxpr)
+    assert dtypes == {"bfloat16"} and matmuls >= 2
+    y = jax.jit(forward)(stacked, x)
+    assert y.dtype == jnp.float32
+    # the plain model's bf16 operations on the same values (equal here); another order of a
+    # float32 sum could flip at most one rounding (2u) per matmul
+    y_plain = np.asarray(plain.apply(variables, x, train=False))
+    np.testing.assert_allclose(y, y_plain, rtol=0, atol=2 * U * matmuls * np.abs(y_plain).max())
