@@ -18,17 +18,20 @@ from pathlib import Path
 # The tests' programs are tiny: XLA:CPU's LLVM optimization passes and fusion emitters cost far
 # more compile time than they save at run time (the train/parallel test files: 41% less CPU
 # time). Results differ from XLA's defaults only in float32 rounding (transcendentals' last
-# bits); every process of one test compares with the same flags, except subprocesses given their
-# own XLA_FLAGS. NORMLAB_TEST_XLA_DEFAULTS=1 keeps XLA's optimizing defaults.
+# bits), and every process of the session compiles with the same flags (the subprocesses that
+# set their own device count prepend NORMLAB_TEST_XLA_FLAGS). NORMLAB_TEST_XLA_DEFAULTS=1 keeps
+# XLA's optimizing defaults.
 FAST_COMPILE_FLAGS = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
     "--xla_cpu_use_fusion_emitters=false"
 )
-if os.environ.get("NORMLAB_TEST_XLA_DEFAULTS") != "1":
-    os.environ["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} {os.environ.get('XLA_FLAGS', '')}"
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["NORMLAB_TEST_XLA_FLAGS"] = (
+    "" if os.environ.get("NORMLAB_TEST_XLA_DEFAULTS") == "1" else FAST_COMPILE_FLAGS
+)
+os.environ["XLA_FLAGS"] = " ".join(
+    f for f in (os.environ["NORMLAB_TEST_XLA_FLAGS"], os.environ.get("XLA_FLAGS", ""),
+                "--xla_force_host_platform_device_count=8") if f
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

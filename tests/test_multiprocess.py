@@ -49,7 +49,9 @@ def _free_port() -> int:
 def _start(port, processes, index, workdir, steps, devices):
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        # the session's compile flags (conftest's NORMLAB_TEST_XLA_FLAGS), its own device count
+        "XLA_FLAGS": f"{os.environ.get('NORMLAB_TEST_XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         "PYTHONUNBUFFERED": "1",
     }

@@ -24,7 +24,9 @@ from normlab.sweep.status import FAILED, FINISHED, is_finished, lock_held, lock_
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = str(ROOT / "configs" / "mnist_mlp.py")
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # trials: 1 device
+# trials: 1 device, compiled with the session's flags (conftest's NORMLAB_TEST_XLA_FLAGS)
+ENV = {**os.environ, "XLA_FLAGS": os.environ.get("NORMLAB_TEST_XLA_FLAGS", "")
+       + " --xla_force_host_platform_device_count=1"}
 
 
 def normlab_command() -> list[str]:

@@ -29,7 +29,9 @@ SPEC = f"{MNIST}:dataset=digits,runlocal"
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "srun")
 NORMLAB = [sys.executable, "-m", "normlab.sweep.command"]  # same parser as `normlab sweep`
-ONE_DEVICE = "--xla_force_host_platform_device_count=1"
+# one device per trial, compiled with the session's flags (conftest's NORMLAB_TEST_XLA_FLAGS)
+ONE_DEVICE = (os.environ.get("NORMLAB_TEST_XLA_FLAGS", "")
+              + " --xla_force_host_platform_device_count=1").strip()
 
 
 def free_port() -> int:
