@@ -45,11 +45,13 @@ def _split_overrides(extra: list[str]) -> list[str]:
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     import jax
 
+    from normlab.compile_cache import enable_compilation_cache
     from normlab.config import apply_overrides, load_config
     from normlab.parallel.distributed import initialize_from_args
     from normlab.train.loop import train
 
     initialize_from_args(args)  # joins a multi-process job before any JAX computation
+    enable_compilation_cache()  # a rerun (resume, a sweep's next trial) loads its programs
     config = load_config(args.config)
     apply_overrides(config, _split_overrides(extra))
     summary = train(config, args.workdir, progress=not args.no_progress)
