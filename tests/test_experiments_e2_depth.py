@@ -13,11 +13,6 @@ from normlab.reports.experiment import load_experiment
 CHANCE = math.log(10.0)
 
 
-# ~20-25 s of CPU, nearly all normlab.train's fixed cost per run (model tracing, the
-# init's compile, the final checkpoint); the claim needs these runs: marked slow
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def e2(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2")

@@ -9,10 +9,6 @@ import pytest
 
 from normlab.reports.experiment import load_experiment
 
-# ~20-25 s of CPU, nearly all normlab.train's fixed cost per run (model tracing, the
-# init's compile, the final checkpoint); the claim needs these runs: marked slow
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def e5(tmp_path_factory):
