@@ -27,7 +27,6 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import ml_collections
-from ml_collections import config_dict
 
 from normlab.errors import ConfigError, NormlabError
 
@@ -255,13 +254,3 @@ def apply_overrides(config: ml_collections.ConfigDict, assignments: Iterable[str
     """Applies every `a.b=value` override in order."""
     for assignment in assignments:
         apply_override(config, assignment)
-
-
-def placeholder(kind: type) -> Any:
-    """A typed `None` field that the command line can still set (ml_collections trap)."""
-    return config_dict.placeholder(kind)
-
-
-def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """A plain, JSON-friendly dict of the config (tuples become lists)."""
-    return config.to_dict()

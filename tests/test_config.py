@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+from ml_collections.config_dict import placeholder
 
 from normlab.cli import _split_overrides
-from normlab.config import apply_overrides, load_config, parse_arg, placeholder
+from normlab.config import apply_overrides, load_config, parse_arg
 from normlab.train.defaults import base_config
 from normlab.train.validate import resolve_total_steps, validate
 
