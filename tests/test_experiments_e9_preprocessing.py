@@ -32,7 +32,8 @@ def test_e9_tiny_centering_trains_where_raw_pixels_do_not(tmp_path, monkeypatch)
     for when in ("init", "trained"):
         raw, centered = sens["none"][when]["eps"], sens["zero_center"][when]["eps"]
         # the curvature along random directions grows with E‖x‖², which the mean inflates
-        assert raw[main]["second_order"] > 2 * centered[main]["second_order"] > 0, when
+        # (the centered net's term can sit at float32 rounding, ~1e-7, of either sign)
+        assert raw[main]["second_order"] > 2 * abs(centered[main]["second_order"]), when
         # small perturbations: ΔL's odd part grows like ε (10× per decade), its even part like
         # ε² (100× per decade): they are the first- and second-order terms they claim to be
         assert 9 < raw[1]["first_order"] / raw[0]["first_order"] < 11, when
