@@ -184,10 +184,11 @@ PER_STEP = ("steps_per_call=1", "log_every_steps=1", "eval_every_steps=0",
 # the 3-layer MLP, whose loss falls 2.7 -> 0.7, and 5% for the 20-layer, 4-channel ResNet, whose
 # float32 loss itself moves by 5-15% from batch to batch. The rtol is that maximum with ~1.5x
 # margin: a bf16 run off its float32 track by more than float32's own batch noise fails.
+# The ResNet's bf16 forward and backward are checked per layer above (every conv on bf16
+# operands, float32 logits); its 20 training steps barely move the loss, so tracking it would
+# prove little for a minute of CI: the MLP, whose loss falls 2.7 -> 0.7, is the training check.
 TRAINING_CASES = {
     "mlp_batch": (f"{REPO}/configs/mnist_mlp.py:dataset=digits,norm=batch,runlocal", (), 0.003),
-    "resnet20": (f"{REPO}/configs/fmnist_resnet.py:runlocal", ("dataset=digits", "pad_to=0"),
-                 0.08),
 }
 
 

@@ -87,8 +87,9 @@ PENALTIES = {
                                   "weight_decay.decoupled=0.05"],
     "decoupled (adam)": ["weight_decay.decoupled=0.05", "optimizer.name=adam", "lr=0.01"],
 }
+# data parallelism under jit keeps the canonical layout (nothing to get wrong here); pmap
+# replicates it per device; tensor and pipeline parallelism change what a leaf looks like
 MODES = {
-    "data 8 (jit)": ["mesh.data=8"],
     "data 8 (pmap)": ["mesh.data=8", "parallel_mode=pmap"],
     "data 4 × model 2": ["mesh.data=4", "mesh.model=2"],
     "data 4 × stage 2": ["mesh.data=4", "mesh.stage=2"],
