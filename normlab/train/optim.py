@@ -139,13 +139,15 @@ def nesterov(momentum: float = 0.9) -> optax.GradientTransformation:
 
 @OPTIMIZERS.register("adagrad")
 def adagrad(eps: float = 1e-7, initial_accumulator: float = 0.1) -> optax.GradientTransformation:
-    """AdaGrad: s ← s + g²; w ← w − η·g/(√s + ε)."""
+    """AdaGrad: s ← s + g² (from s₀ = initial_accumulator); w ← w − η·g/√(s + ε) (optax's
+    placement of ε: inside the root)."""
     return optax.scale_by_rss(initial_accumulator_value=initial_accumulator, eps=eps)
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(decay: float = 0.9, eps: float = 1e-8) -> optax.GradientTransformation:
-    """RMSProp: s ← ρs + (1−ρ)g²; w ← w − η·g/(√s + ε)."""
+    """RMSProp: s ← ρs + (1−ρ)g² (from s₀ = 0); w ← w − η·g/√(s + ε) (optax's placement of
+    ε: inside the root)."""
     return optax.scale_by_rms(decay=decay, eps=eps)
 
 
