@@ -32,12 +32,13 @@ def test_e9_tiny_centering_trains_where_raw_pixels_do_not(tmp_path, monkeypatch)
     for when in ("init", "trained"):
         raw, centered = sens["none"][when]["eps"], sens["zero_center"][when]["eps"]
         # the curvature along random directions grows with E‖x‖², which the mean inflates
-        # (the centered net's term can sit at float32 rounding, ~1e-7, of either sign)
-        assert raw[main]["second_order"] > 2 * abs(centered[main]["second_order"]), when
+        # (read at ε = 0.1: below ε = 1e-2 the even part, ≲ 1e-6, is float32 rounding of L)
+        assert raw[3]["second_order"] > 2 * centered[3]["second_order"] > 0, when
         # small perturbations: ΔL's odd part grows like ε (10× per decade), its even part like
         # ε² (100× per decade): they are the first- and second-order terms they claim to be
         assert 9 < raw[1]["first_order"] / raw[0]["first_order"] < 11, when
-        assert 90 < raw[1]["second_order"] / raw[0]["second_order"] < 110, when
+        # (the even part is read where it stands above float32 rounding: ε = 1e-2 and 1e-1)
+        assert 90 < raw[3]["second_order"] / raw[2]["second_order"] < 110, when
     assert sens["none"]["init"]["eps"][main]["mean_abs"] > 2 * sens["zero_center"]["init"][
         "eps"][main]["mean_abs"]
 
