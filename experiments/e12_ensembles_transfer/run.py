@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from normlab.config import load_config
 from normlab.reports import (
     Report,
     RunResult,
@@ -34,10 +33,9 @@ from normlab.reports import (
     fmt_mean_ci,
     new_figure,
     plot_curves,
-    run_training,
     summarize,
 )
-from normlab.reports.experiment import parse_experiment_args
+from normlab.reports.experiment import parse_experiment_args, train_config
 from normlab.train.ensemble_eval import evaluate_ensemble
 from normlab.train.saved import snapshot_paths
 
@@ -53,12 +51,9 @@ TINY = dict(dataset="digits", steps=300, members=3, snapshots=3, snap_seeds=(0,)
             labels=(32,), target_steps=300, seeds=(0,))  # batch 32: 8 test devices
 
 
-def _run(args, name: str, spec: str, **fields: Any) -> RunResult:
-    config = load_config(f"{CONFIG}:{spec}")
-    for key, value in fields.items():
-        config[key] = value
-    return run_training(config, args.runs / name, name=name, reuse=args.reuse,
-                        progress=args.progress)
+def _run(args, name: str, arg: str, **fields: Any) -> RunResult:
+    """`CONFIG:arg` trained in args.runs/name (one device with --tiny: `train_config`)."""
+    return train_config(args, name, f"{CONFIG}:{arg}", **fields)
 
 
 def _pm(values: Sequence[float], scale: float = 1.0, spec: str = ".2f") -> str:
