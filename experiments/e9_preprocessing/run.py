@@ -173,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def train_at(prep: str) -> Callable[[float], RunResult]:
         return lambda lr: run_training(
             load_config(f"{CONFIG}:prep={prep},lr={lr}{data}"), args.runs / f"{prep}_lr{lr:g}",
-            name=f"{prep} (lr {lr:g})", reuse=args.reuse, progress=args.progress)
+            name=f"{prep} (lr {lr:g})", reuse=args.reuse, progress=args.progress,
+            devices=args.devices)
 
     searched = {prep: search_lr(train_at(prep), grid, start) for prep in preps}
     best = {prep: runs[lr] for prep, (runs, lr) in searched.items()}
