@@ -48,7 +48,7 @@ METHODS = {  # label: config arguments added to the target run
 FULL = dict(dataset="fashion_mnist", steps=10_000, members=5, snapshots=5, snap_seeds=(0, 1, 2),
             labels=(100, 500, 1000, 5000), target_steps=1000, seeds=(0, 1, 2))
 TINY = dict(dataset="digits", steps=300, members=3, snapshots=3, snap_seeds=(0,),
-            labels=(32,), target_steps=300, seeds=(0,))  # batch 32: 8 test devices
+            labels=(32,), target_steps=300, seeds=(0,))
 
 
 def _run(args, name: str, arg: str, **fields: Any) -> RunResult:
