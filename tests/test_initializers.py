@@ -60,7 +60,8 @@ GAUSSIAN_STD = [
 ]
 
 
-@pytest.mark.parametrize(("name", "kwargs", "std"), GAUSSIAN_STD, ids=lambda c: str(c))
+@pytest.mark.parametrize(("name", "kwargs", "std"), GAUSSIAN_STD,
+                         ids=[f"{c[0]}{c[1] or ''}" for c in GAUSSIAN_STD])
 @pytest.mark.parametrize("shape", [DENSE, CONV])
 def test_moments(name, kwargs, std, shape):
     w = _draw(name, shape, **kwargs)
