@@ -277,6 +277,30 @@ class ParallelPlan:
         shape = (*idx_KB.shape, *array.shape[1:])
         return jax.make_array_from_callback(shape, sharding, lambda index: array[idx_KB[index[:2]]])
 
+    def from_local_rows(self, local: np.ndarray, leading: int = 0) -> jax.Array:
+        """The global array of which this process holds rows [p·b, (p+1)·b) of axis `leading`
+        (b = local.shape[leading], p = the process index: a contiguous block, as `EpochSampler`
+        assigns them), sharded over `data` after `leading` unsharded axes."""
+        b = local.shape[leading]
+        start = jax.process_index() * b
+        shape = (*local.shape[:leading], b * jax.process_count(), *local.shape[leading + 1 :])
+
+        def rows(index: tuple) -> np.ndarray:
+            index = list(index) + [slice(None)] * (len(shape) - len(index))
+            lo, hi, _ = index[leading].indices(shape[leading])
+            if lo < start or hi > start + b:
+                raise RuntimeError(
+                    f"a device holds rows [{lo}, {hi}) outside this process's rows "
+                    f"[{start}, {start + b}): the mesh's data axis must keep each process's "
+                    "devices together"
+                )
+            index[leading] = slice(lo - start, hi - start)
+            return local[tuple(index)]
+
+        return jax.make_array_from_callback(
+            shape, batch_sharded(self.mesh, leading_axes=leading), rows
+        )
+
     def jit_chunk(self, build_body: ChunkBuilder, run_model: Any, state: Any) -> Callable:
         """The compiled chunk of `build_body` for this mode, state donated.
 

@@ -13,6 +13,7 @@ metrics.jsonl, so a step's train, eval and diagnostic metrics stay together.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,13 +46,14 @@ class Tick:
         return self.final or (every > 0 and self.step % every == 0)
 
 
-class Hook:
+class Hook(abc.ABC):
     """Base of the hooks: called after every chunk; `close()` when the loop ends (any way)."""
 
+    @abc.abstractmethod
     def __call__(self, run: Run, tick: Tick) -> None:
-        raise NotImplementedError
+        """Does the hook's work if `tick` says it is due."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most hooks hold nothing
         """Flushes what the hook holds (files, asynchronous saves)."""
 
 

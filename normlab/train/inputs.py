@@ -151,6 +151,9 @@ class DeviceData:
             out[prefix] = self._evals[prefix, split]
         return out
 
+    def close(self) -> None:
+        """Nothing to stop: the data sits on the devices (the interface of `StreamData`)."""
+
     def diag_batch(self) -> jax.Array:
         """The fixed training batch diagnostics are measured on."""
         if self._diag is None:

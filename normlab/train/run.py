@@ -114,8 +114,7 @@ class Run:
 
     def close(self) -> None:
         """Stops the input's reader threads (a streamed run); idempotent."""
-        if hasattr(self.data, "close"):
-            self.data.close()
+        self.data.close()
 
     # ------------------------------------------------------------------ saving
     def meta(self, step: int) -> dict[str, Any]:

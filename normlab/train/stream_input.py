@@ -33,7 +33,7 @@ from ml_collections import ConfigDict
 
 from normlab.data.loader import EpochSampler
 from normlab.data.preprocess import Preprocessor
-from normlab.parallel.mesh import batch_sharded, replicated
+from normlab.parallel.mesh import replicated
 from normlab.parallel.plan import ParallelPlan
 from normlab.train import inputs
 
@@ -116,7 +116,7 @@ class StreamData:
     def example(self) -> np.ndarray:
         """One model input (for initializing the model): float32, as the model sees it."""
         x = self._to_input(self._first(1))
-        return np.asarray(x, np.float32) / 255.0 if self.encoded else x
+        return np.asarray(scale_uint8(x)) if self.encoded else x
 
     def _first(self, n: int) -> np.ndarray:
         """The first n training examples as the eval transform gives them (no augmentation)."""
@@ -132,29 +132,6 @@ class StreamData:
             return x_u8
         return inputs.transform(self.preprocessor, inputs.to_float(x_u8, self.config.pad_to))
 
-    def _global(self, local: np.ndarray, leading: int) -> jax.Array:
-        """The global array of which this process holds rows [p·b, (p+1)·b) of axis `leading`
-        (the sampler's assignment), sharded over `data`."""
-        b = local.shape[leading]
-        start = self.process_index * b
-        shape = (*local.shape[:leading], b * self.process_count, *local.shape[leading + 1 :])
-
-        def rows(index: tuple) -> np.ndarray:
-            index = list(index) + [slice(None)] * (len(shape) - len(index))
-            lo, hi, _ = index[leading].indices(shape[leading])
-            if lo < start or hi > start + b:
-                raise RuntimeError(
-                    f"a device holds rows [{lo}, {hi}) outside this process's rows "
-                    f"[{start}, {start + b}): the mesh's data axis must keep each process's "
-                    "devices together"
-                )
-            index[leading] = slice(lo - start, hi - start)
-            return local[tuple(index)]
-
-        return jax.make_array_from_callback(
-            shape, batch_sharded(self.plan.mesh, leading_axes=leading), rows
-        )
-
     def chunk_args(self, step: int, k: int) -> tuple[jax.Array, jax.Array]:
         """Global (x_KB, labels_KB) of steps [step, step + k), this process's rows read here."""
         t0 = time.perf_counter()
@@ -163,7 +140,8 @@ class StreamData:
         k, b = labels.shape
         flat = self._to_input(x.reshape(k * b, *x.shape[2:]))
         x = flat.reshape(k, b, *flat.shape[1:])
-        return self._global(x, 1), self._global(np.asarray(labels, np.int32), 1)
+        labels = np.asarray(labels, np.int32)
+        return self.plan.from_local_rows(x, 1), self.plan.from_local_rows(labels, 1)
 
     def eval_batches(self, split: str) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
         """Global (x, labels, mask) batches of `split`, padded to `eval_batch_size` (rounded up
@@ -181,9 +159,9 @@ class StreamData:
             num_threads=self.config.data.threads,
         ):
             yield (
-                self._global(self._to_input(x), 0),
-                self._global(np.asarray(labels, np.int32), 0),
-                self._global(np.asarray(mask, np.float32), 0),
+                self.plan.from_local_rows(self._to_input(x), 0),
+                self.plan.from_local_rows(np.asarray(labels, np.int32), 0),
+                self.plan.from_local_rows(np.asarray(mask, np.float32), 0),
             )
 
     def diag_batch(self) -> jax.Array:
