@@ -14,6 +14,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "cifar10" / "data_batch_1.npz").is_file(),
+                    reason=f"CIFAR-10 archives not found in {DATA}")  # as the other data tests
 def test_e9_tiny_centering_trains_where_raw_pixels_do_not(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_DATA_DIR", str(DATA))
     monkeypatch.setenv("NORMLAB_TFDS_DIR", str(tmp_path / "tfds"))
