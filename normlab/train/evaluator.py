@@ -7,17 +7,33 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from normlab.train.diagnostics import collect_preacts, layer_diagnostics
 from normlab.train.state import TrainState
 from normlab.train.step import eval_step
 
+PAD_LABEL = -1  # the label of a padding row in `padded_batches`
+
+
+def padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split (N, ...), (N,) cut into K = ceil(N / batch_size) batches (K, batch_size,
+    ...), (K, batch_size): the last one padded with zero rows labelled `PAD_LABEL` (host)."""
+    n = len(y)
+    batches = -(-n // batch_size)
+    pad = batches * batch_size - n
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.full(pad, PAD_LABEL, y.dtype)])
+    return x.reshape(batches, batch_size, *x.shape[1:]), y.reshape(batches, batch_size)
+
 
 def make_evaluator(model: nn.Module, prepare: Callable | None = None) -> Callable[..., dict]:
-    """`evaluate(state, x, y, batch_size) -> {"loss", "accuracy"}` over a whole split.
+    """`evaluate(state, x, y, batch_size) -> {"loss", "accuracy", ...}` over a whole split.
 
     One jitted scan over padded fixed-shape batches; the padding is masked out of the sums, so
-    every example counts exactly once whatever the batch size.
+    every example counts exactly once whatever the batch size. x, y: the whole split (N, ...),
+    (N,), padded here to batches of `batch_size`; or already cut by `padded_batches` (K, b, ...),
+    (K, b) — e.g. placed with each batch sharded over the devices — and `batch_size` unused.
     """
 
     @jax.jit
@@ -31,6 +47,9 @@ def make_evaluator(model: nn.Module, prepare: Callable | None = None) -> Callabl
         return jax.lax.scan(body, zeros, (x, y, mask))[0]
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array, batch_size: int) -> dict:
+        if y.ndim == 2:  # cut by `padded_batches`
+            mask = (y != PAD_LABEL).astype(jnp.float32)
+            return eval_metrics(jax.device_get(scan(state, x, jnp.maximum(y, 0), mask)))
         n = x.shape[0]
         batches = -(-n // batch_size)
         pad = batches * batch_size - n

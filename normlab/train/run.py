@@ -159,23 +159,22 @@ def build_run(
     plan = ParallelPlan.from_config(config, devices)
 
     # ---------------------------------------------------------------- data
-    # The device path holds the training images; a streamed run reads them per step and loads
-    # them whole only to fit a preprocessing that needs fitting (fixed-size images only).
+    # The device path holds the training images (uint8); a streamed run reads them per step and
+    # loads them whole only to fit a preprocessing that needs fitting (fixed-size images only).
     num_classes = inputs.num_classes(config)
     reader = inputs.open_config_split(config, config.train_split)
     pipeline = choose_pipeline(config, reader.image_shape, len(reader))
     _check_stream_preprocessing(config, pipeline, reader)
     total_steps = resolve_total_steps(config, len(reader))
     snapshots_at = _snapshot_steps(config, total_steps)
-    train_x = train_labels = None
+    train_images = train_labels = None
     if pipeline == "device" or config.preprocess.name != "none":
         train_split = inputs.load_split(config, config.train_split, "train")
-        train_x = inputs.to_float(train_split.images, config.pad_to)
-        train_labels = train_split.labels
+        train_images, train_labels = train_split.images, train_split.labels
 
     def make_data(preprocessor: Preprocessor) -> DeviceData | StreamData:
         if pipeline == "device":
-            return DeviceData(config, plan, preprocessor, train_x, train_labels)
+            return DeviceData(config, plan, preprocessor, train_images, train_labels)
         return StreamData(config, plan, preprocessor)
 
     # ---------------------------------------------------------------- model and optimizer
@@ -195,7 +194,7 @@ def build_run(
 
         def target(pre_arrays: dict[str, np.ndarray], meta: dict) -> Any:
             found["preprocessor"] = inputs.join_state(pre_arrays, meta["preprocess"])
-            example = _example(meta, found["preprocessor"], train_x)
+            example = _example(meta, found["preprocessor"], train_images, config.pad_to)
             return plan.abstract(init_fn_for(example), model, example)
 
         if step is None:
@@ -218,7 +217,7 @@ def build_run(
         raise ValueError(f"{workdir} has no readable checkpoint in {Path(workdir) / folder}")
     else:
         meta = None
-        preprocessor = _fit_preprocessor(config, train_x, reader)
+        preprocessor = _fit_preprocessor(config, train_images, reader)
         data = make_data(preprocessor)
         example = data.example()
         start_step = 0
@@ -277,15 +276,17 @@ def _keep(config: ConfigDict, folder: str) -> int | None:
     return config.keep_checkpoints if folder == CHECKPOINTS else None
 
 
-def _example(meta: dict, preprocessor: Preprocessor, train_x: np.ndarray | None) -> np.ndarray:
+def _example(
+    meta: dict, preprocessor: Preprocessor, train_images: np.ndarray | None, pad_to: int
+) -> np.ndarray:
     """One input example of the saved model's shape (from its metadata; checkpoints written
-    before it was recorded: from the training images)."""
+    before it was recorded: from the uint8 training images)."""
     if "input_shape" in meta:
         return np.zeros((1, *meta["input_shape"]), np.float32)
-    if train_x is None:
+    if train_images is None:
         raise NormlabError("this checkpoint predates streamed training: resume it with "
                            "data.pipeline='device'")
-    return np.asarray(preprocessor(train_x[:1]))
+    return np.asarray(inputs.make_prepare(preprocessor, pad_to)(train_images[:1]))
 
 
 def _check_stream_preprocessing(config: ConfigDict, pipeline: str, reader: Any) -> None:
@@ -299,15 +300,18 @@ def _check_stream_preprocessing(config: ConfigDict, pipeline: str, reader: Any) 
         )
 
 
-def _fit_preprocessor(config: ConfigDict, train_x: np.ndarray | None, reader: Any) -> Preprocessor:
-    """The config's preprocessing fitted on the training images ("none" needs none of them)."""
-    if train_x is not None:
-        return inputs.fit_preprocessor(config, train_x)
-    if reader.encoded:  # decoded to (S, S, 3) per step; the preprocessor is never applied
-        shape = (1, config.data.image_size, config.data.image_size, 3)
-        return make_preprocessor("none").fit(np.zeros(shape, np.float32))
-    first = inputs.to_float(reader.read(np.arange(1))["image"], config.pad_to)
-    return make_preprocessor("none").fit(first)
+def _fit_preprocessor(
+    config: ConfigDict, train_images: np.ndarray | None, reader: Any
+) -> Preprocessor:
+    """The config's preprocessing fitted on the (float, padded) training images ("none" needs
+    none of them: it is fitted on one image of their shape). The float copy lives only here."""
+    if train_images is not None:
+        return inputs.fit_preprocessor(config, inputs.to_float(train_images, config.pad_to))
+    if reader.encoded:  # decoded to (S, S, 3) per step
+        first = np.zeros((1, config.data.image_size, config.data.image_size, 3), np.uint8)
+    else:
+        first = reader.read(np.arange(1))["image"]
+    return make_preprocessor("none").fit(inputs.to_float(first, config.pad_to))
 
 
 def _snapshot_steps(config: ConfigDict, total_steps: int) -> frozenset[int]:

@@ -4,17 +4,19 @@
 
     "device"  the whole split on the devices, indices per step (`normlab.train.inputs.DeviceData`)
     "stream"  rows read per step from the prepared data set (`StreamData`, this module)
-    "auto"    device when the split's float32 images fit `data.device_budget_mb`, else stream;
-              data sets of encoded images of varying size (ImageNet, image folders) always stream
+    "auto"    device when the split's uint8 images (as stored, unpadded: what the device path
+              holds) fit `data.device_budget_mb`, else stream; data sets of encoded images of
+              varying size (ImageNet, image folders) always stream
 
 Both give the same batches: step s's examples are `EpochSampler.batch_indices(s)` (a pure
 function of the seed and the step), each process reads only the rows its devices hold
 (`normlab.data.stream.StreamSource`, worker threads and a prefetch buffer), and the global batch
 is assembled from them (`jax.make_array_from_callback`), so a resumed run sees the same data on
-either path. Fixed-size images go through the same host preprocessing as the device path (the
-fitted `Preprocessor`), so the two paths feed the model the same floats. Encoded images (JPEG)
-are decoded, cropped and flipped on the host (`normlab.data.transforms`, keyed by (seed, step,
-slot)), sent as uint8 and scaled to [0, 1] on the device (`StepConfig.prepare`): 4× less traffic.
+either path. Both send uint8 and make the model's input on the device with the same function
+(`inputs.make_prepare`: scale, pad, the fitted preprocessing; `StepConfig.prepare`), so the two
+paths feed the model the same floats, with 4× less traffic than float32. Encoded images (JPEG)
+are decoded, cropped and flipped on the host first (`normlab.data.transforms`, keyed by (seed,
+step, slot)).
 
 The time the loop waits for its input is accumulated in `wait_seconds` and logged per log line
 as `input_wait_s`; a warning says when the input is the bottleneck.
@@ -27,7 +29,6 @@ import time
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -60,23 +61,17 @@ def choose_pipeline(config: ConfigDict, image_shape: tuple, num_examples: int) -
     if wanted != "auto":
         return wanted
     h, w, c = image_shape
-    side_h, side_w = max(h, config.pad_to), max(w, config.pad_to)
-    megabytes = num_examples * side_h * side_w * c * 4 / 2**20
+    megabytes = num_examples * h * w * c / 2**20  # uint8: padding happens in `prepare`
     return "device" if megabytes <= config.data.device_budget_mb else "stream"
-
-
-def scale_uint8(x: jax.Array) -> jax.Array:
-    """uint8 images → float32 in [0, 1], on the device (the encoded-image path)."""
-    return x.astype(jnp.float32) / 255.0
 
 
 class StreamData:
     """The run's data, streamed; the interface of `DeviceData` (`chunk_args`, `diag_batch`,
     `input_shape`), with evaluation by padded batches (`eval_batches`) instead of whole splits.
 
-    `encoded`: the split holds encoded images (decoded and augmented here, uint8 to the device,
-    `prepare = scale_uint8` in the step); otherwise fixed-size uint8 images, turned into the
-    model's float input on the host exactly as the device path does (`preprocessor`).
+    `encoded`: the split holds encoded images (decoded and augmented here); otherwise fixed-size
+    uint8 images, sent as read. Either way uint8 goes to the devices and `prepare` (the device
+    path's `inputs.make_prepare`) makes the model's float input there.
     """
 
     per_process = True  # the chunk takes assembled batches (`chunk_body(from_batches=True)`)
@@ -93,11 +88,10 @@ class StreamData:
             size = config.data.image_size
             self.read = self.reader.read_encoded
             self.train_transform, self.eval_transform = TrainTransform(size), EvalTransform(size)
-            self.prepare = scale_uint8
         else:
             self.read = array_read(self.reader)
             self.train_transform = self.eval_transform = None
-            self.prepare = None
+        self.prepare: inputs.Prepare = inputs.make_prepare(preprocessor, config.pad_to)
         self.sampler = EpochSampler(
             len(self.reader), config.batch_size, config.seed,
             process_index=self.process_index, process_count=self.process_count,
@@ -106,7 +100,7 @@ class StreamData:
             self.read, self.sampler, transform=self.train_transform,
             num_threads=config.data.threads, prefetch=config.data.prefetch,
         )
-        self.input_shape = self._to_input(self._first(1)).shape[1:]
+        self.input_shape = self.example().shape[1:]
         self.wait_seconds = 0.0
         self._diag: jax.Array | None = None
 
@@ -115,8 +109,7 @@ class StreamData:
 
     def example(self) -> np.ndarray:
         """One model input (for initializing the model): float32, as the model sees it."""
-        x = self._to_input(self._first(1))
-        return np.asarray(scale_uint8(x)) if self.encoded else x
+        return np.asarray(self.prepare(self._first(1)))
 
     def _first(self, n: int) -> np.ndarray:
         """The first n training examples as the eval transform gives them (no augmentation)."""
@@ -125,21 +118,11 @@ class StreamData:
             return np.asarray(images)
         return np.stack([self.eval_transform(image) for image in images])
 
-    def _to_input(self, x_u8: np.ndarray) -> np.ndarray:
-        """Host side of the model's input: fixed-size images as the device path makes them;
-        encoded ones stay uint8 (scaled on the device)."""
-        if self.encoded:
-            return x_u8
-        return inputs.transform(self.preprocessor, inputs.to_float(x_u8, self.config.pad_to))
-
     def chunk_args(self, step: int, k: int) -> tuple[jax.Array, jax.Array]:
         """Global (x_KB, labels_KB) of steps [step, step + k), this process's rows read here."""
         t0 = time.perf_counter()
         x, labels = self.source.local_batches(step, k)
         self.wait_seconds += time.perf_counter() - t0
-        k, b = labels.shape
-        flat = self._to_input(x.reshape(k * b, *x.shape[2:]))
-        x = flat.reshape(k, b, *flat.shape[1:])
         labels = np.asarray(labels, np.int32)
         return self.plan.from_local_rows(x, 1), self.plan.from_local_rows(labels, 1)
 
@@ -159,17 +142,17 @@ class StreamData:
             num_threads=self.config.data.threads,
         ):
             yield (
-                self.plan.from_local_rows(self._to_input(x), 0),
+                self.plan.from_local_rows(x, 0),
                 self.plan.from_local_rows(np.asarray(labels, np.int32), 0),
                 self.plan.from_local_rows(np.asarray(mask, np.float32), 0),
             )
 
     def diag_batch(self) -> jax.Array:
-        """The fixed batch diagnostics are measured on: the first training examples."""
+        """The fixed batch diagnostics are measured on: the first training examples (uint8,
+        `prepare` applies)."""
         if self._diag is None:
             n = min(self.config.diag_batch_size, len(self.reader))
-            self._diag = jax.device_put(self._to_input(self._first(n)),
-                                        replicated(self.plan.mesh))
+            self._diag = jax.device_put(self._first(n), replicated(self.plan.mesh))
         return self._diag
 
     def close(self) -> None:
