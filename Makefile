@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	bash scripts/demo.sh
 
-# --durations=15: the slowest tests, the first place to look when CI nears its 10-minute budget
+# -n 2 --dist loadfile: two pytest-xdist workers (the CI machine's two cores; much of a test is
+# single-threaded compilation), each test file on one worker so that module fixtures (a SLURM
+# cluster, an experiment's tiny runs) are built once. --durations=15: the slowest tests, the
+# first place to look when CI nears its 10-minute budget.
 test: install
-	$(VENV)/bin/ruff check . && $(PY) -m pytest -q --durations=15
+	$(VENV)/bin/ruff check . && $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
