@@ -11,6 +11,8 @@ import pytest
 from normlab.config import apply_overrides, load_config
 from normlab.reports import (
     Report,
+    Verdict,
+    describe_runs,
     fmt,
     markdown_table,
     new_figure,
@@ -19,8 +21,18 @@ from normlab.reports import (
     save_figure,
     series,
     steps_to_reach,
+    verdict_table,
 )
-from normlab.reports.experiment import load_experiment, parse_experiment_args
+from normlab.reports.experiment import (
+    experiments_overview,
+    load_experiment,
+    load_results,
+    parse_experiment_args,
+    provenance_line,
+    report_results,
+)
+from normlab.reports.runs import _finished_run
+from normlab.train.run_info import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,7 +140,16 @@ def test_run_training_trains_reuses_and_records_divergence(tmp_path):
     assert first.summary["finished"] and [r["step"] for r in first.records] == [5, 10]
     assert first.final("train_loss") == pytest.approx(first.records[-1]["train_loss"])
     again = run_training(config, tmp_path / "run", reuse=True)
-    assert again.reused and again.records == first.records
+    assert again.reused and again.records == first.records and again.same_code
+    # a run trained by other code is reused only when asked, and then said so
+    code = tmp_path / "run" / "code.json"
+    saved = code.read_text()
+    code.write_text(json.dumps({"code_digest": "0" * 16, "git_revision": "abc"}))
+    assert _finished_run(config, tmp_path / "run") is None
+    mixed = run_training(config, tmp_path / "run", reuse=True, any_revision=True)
+    assert mixed.reused and not mixed.same_code
+    assert "1 of them trained by other code than this checkout's" in describe_runs([mixed])
+    code.write_text(saved)
     # a different config in the same workdir is retrained, not reused
     other = run_training(_digits_config("total_steps=5"), tmp_path / "run", reuse=True,
                          devices=ONE)
@@ -162,3 +183,29 @@ def test_reuse_reads_fields_added_later_at_their_default():
     assert _comparable(older) == _comparable(now)
     changed = dict(now, label_smoothing=0.1)
     assert _comparable(changed) != _comparable(now)
+
+
+def test_report_results_stores_verdicts_and_provenance(tmp_path):
+    report = Report("T", tmp_path / "e1_x", command="python run.py")
+    claims = [Verdict("a", "x 1 vs 2", "reproduced", n=1), Verdict("b", "—", "not tested"),
+              Verdict("c", "5 seeds", "not reproduced", n=5)]
+    report.text(verdict_table(claims))
+    report_results(report, {"value": 1.5}, claims)
+    results = load_results(tmp_path / "e1_x")
+    assert [Verdict.from_dict(v) for v in results["verdicts"]] == claims
+    assert [v["shown"] for v in results["verdicts"]] == [
+        "preliminary: reproduced", "not tested", "not reproduced"]
+    prov = results["provenance"]
+    assert prov["git_revision"] == git_revision().removesuffix("-dirty")
+    assert prov["clean"] == (not git_revision().endswith("-dirty"))
+    text = (tmp_path / "e1_x" / "report.md").read_text()
+    assert f"| results from | `{prov['git_revision']}` (" in text
+    assert provenance_line({}) == "revision not recorded"
+    assert provenance_line({"provenance": {"git_revision": None, "first_report_revision": "ab1"}}
+                           ) == "revision not recorded (the report first written from these " \
+                                "results names `ab1`)"
+    assert experiments_overview(tmp_path).splitlines()[2:] == [
+        "| [E1 x](experiments/e1_x/report.md) | a | 1 | preliminary: reproduced |",
+        "|  | b | — | not tested |", "|  | c | 5 | not reproduced |"]
+    with pytest.raises(ValueError, match="no results.json in .*; run the experiment without"):
+        load_results(tmp_path)

@@ -31,7 +31,12 @@ from normlab.reports import (
     steps_to_reach,
     verdict_table,
 )
-from normlab.reports.experiment import parse_experiment_args, train_config
+from normlab.reports.experiment import (
+    load_results,
+    parse_experiment_args,
+    report_results,
+    train_config,
+)
 from normlab.reports.probes import preacts_at_init
 
 CONFIG = "configs/e2_depth.py"
@@ -66,10 +71,18 @@ def per_layer_factor(std: Sequence[float]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs E2 and writes the report; returns the key numbers."""
+    """Runs E2 (or, with --report-only, reads its results.json) and writes the report; returns
+    the results."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E2: depth — Kaiming vs LeCun/Xavier init in a 30-layer ReLU net", args.out,
                     command=args.command)
+    results, runs = (load_results(args.out), None) if args.report_only else collect(args)
+    write_report(report, args, results, runs)
+    return results
+
+
+def collect(args) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Trains E2's runs; (the numbers the report shows, the runs behind its figures)."""
     tiny = TINY if args.tiny else ""
     norms = {"plain": "none"} if args.tiny else NORMS  # tiny: the plain pair, the claim
     # tiny: no mid-run diagnostics (the report uses none; their compile is the cost)
@@ -79,27 +92,62 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             args, f"{norm}_{init}", f"{CONFIG}:init={init},norm={norm}{tiny}", **extra)
         for norm_label, norm in norms.items() for init_label, init in INITS.items()
     }
-    depth_runs: dict[tuple[str, int], RunResult] = {}
+    depth_runs: dict[str, RunResult] = {}
     if not args.tiny:
         for depth in SWEEP_DEPTHS:
-            depth_runs[("LeCun", depth)] = train_config(
+            depth_runs[f"LeCun_{depth}"] = train_config(
                 args, f"sweep_lecun_d{depth}",
                 f"{CONFIG}:init=lecun_normal,depth={depth},steps={SWEEP_STEPS}")
-        depth_runs[("Kaiming", SWEEP_DEPTHS[-1])] = train_config(
+        depth_runs[f"Kaiming_{SWEEP_DEPTHS[-1]}"] = train_config(
             args, f"sweep_kaiming_d{SWEEP_DEPTHS[-1]}",
             f"{CONFIG}:init=kaiming_normal,depth={SWEEP_DEPTHS[-1]},steps={SWEEP_STEPS}")
-    init_std = {label: preact_std_at_init(f"init={init},norm=none{tiny}")
-                for label, init in INITS.items()}
+    results: dict[str, Any] = {
+        "init_preact_std": {label: preact_std_at_init(f"init={init},norm=none{tiny}")
+                            for label, init in INITS.items()},
+        "runs": {},
+        "training_runs": describe_runs([*main_runs.values(), *depth_runs.values()]),
+    }
+    for label, run in main_runs.items():
+        loss = run.series("train_loss")[1]
+        results["runs"][label] = {
+            "loss@100": float(loss[0]) if len(loss) else None,
+            "loss@end": final_metric(run, "train_loss"),
+            "plateau_exit": plateau_exit(run),
+            "test_accuracy": final_metric(run, "eval_accuracy"),
+            "diverged": run.diverged,
+        }
+    if depth_runs:
+        # the 30-layer LeCun run of the main comparison, read at the sweep's length
+        depth_runs = {**dict(list(depth_runs.items())[:2]),
+                      "LeCun_30": main_runs["LeCun (\"Xavier\"), plain"],
+                      **dict(list(depth_runs.items())[2:])}
+        results["depth_sweep"] = {
+            key: {"plateau_exit": plateau_exit(r),
+                  f"train_loss@{SWEEP_STEPS}": _at(r, "train_loss", SWEEP_STEPS),
+                  f"test_accuracy@{SWEEP_STEPS}": _at(r, "eval_accuracy", SWEEP_STEPS)}
+            for key, r in depth_runs.items()}
+    curves = {"main": {k: {"train_loss": r.series("train_loss"),
+                           "eval_accuracy": r.series("eval_accuracy")}
+                       for k, r in main_runs.items()},
+              "depth": {k: r.series("train_loss") for k, r in depth_runs.items()
+                        if k != "LeCun_30"}}
+    return results, curves
 
-    config = load_config(f"{CONFIG}:{tiny.lstrip(',')}")
+
+def write_report(report: Report, args, results: dict[str, Any], curves: dict | None) -> None:
+    """The report from `results` alone; figures drawn from `curves` (None: --report-only, the
+    committed figures are embedded)."""
+    init_std = results["init_preact_std"]
+    config = load_config(f"{CONFIG}:{TINY.lstrip(',') if args.tiny else ''}")
     report.facts.update({
         "net": f"{config.model.depth} × (Dense({config.model.width}) → [BN] → ReLU) → "
                f"Dense(10), zero biases",
         "training": f"{config.dataset}, standardized inputs, batch {config.batch_size}, SGD "
                     f"momentum 0.9, lr {config.lr:g}, {config.total_steps} steps, seed 0",
         "config": CONFIG,
-        "training runs": describe_runs([*main_runs.values(), *depth_runs.values()]),
     })
+    if "training_runs" in results:
+        report.facts["training runs"] = results["training_runs"]
     report.text(
         "**Claim** (SPEC §3 E2, He et al. 2015): in a 30-layer plain ReLU net, Kaiming init "
         "(Var(W) = 2/fan_in) keeps the signal's scale through depth and the net trains; "
@@ -108,11 +156,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "after every Dense, the init scale no longer matters and both train."
     )
     report.heading("At init: pre-activation std by layer")
-    fig, axes = new_figure(1)
-    plot_curves(axes[0], {k: (list(range(1, len(v) + 1)), v) for k, v in init_std.items()},
-                xlabel="layer", ylabel="std of the pre-activation", logy=True)
-    report.figure(fig, "preact_std_at_init.png",
-                  "Pre-activation std by layer at init, no BN (256 training images)")
+    caption = "Pre-activation std by layer at init, no BN (256 training images)"
+    if curves is None:
+        report.existing_figure("preact_std_at_init.png", caption)
+    else:
+        fig, axes = new_figure(1)
+        plot_curves(axes[0], {k: (list(range(1, len(v) + 1)), v) for k, v in init_std.items()},
+                    xlabel="layer", ylabel="std of the pre-activation", logy=True)
+        report.figure(fig, "preact_std_at_init.png", caption)
     depth = len(next(iter(init_std.values())))
     report.table(["init", "layer 1", f"layer {depth}", "factor per layer"],
                  [[k, v[0], v[-1], per_layer_factor(v)] for k, v in init_std.items()],
@@ -120,69 +171,67 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report.text("Predicted factor per layer: 1 for Kaiming, 1/√2 ≈ 0.707 for LeCun.")
 
     report.heading("Training")
-    summary: dict[str, Any] = {"init_preact_std": init_std, "runs": {}}
-    for label, run in main_runs.items():
-        loss = run.series("train_loss")[1]
-        summary["runs"][label] = {
-            "loss@100": float(loss[0]) if len(loss) else None,
-            "loss@end": final_metric(run, "train_loss"),
-            "plateau_exit": plateau_exit(run),
-            "test_accuracy": final_metric(run, "eval_accuracy"),
-            "diverged": run.diverged,
-        }
     report.table(["run", "train loss, steps 1–100", f"first step with loss < {PLATEAU}",
                   "final train loss", "final test accuracy"],
                  [[label, r["loss@100"], r["plateau_exit"], r["loss@end"], r["test_accuracy"]]
-                  for label, r in summary["runs"].items()], spec=".4f")
-    fig, axes = new_figure(2)
-    plot_curves(axes[0], {k: r.series("train_loss") for k, r in main_runs.items()},
-                xlabel="step", ylabel="train loss (mean over 100 steps)", logy=True)
-    plot_curves(axes[1], {k: r.series("eval_accuracy") for k, r in main_runs.items()},
-                xlabel="step", ylabel="test accuracy", ylim=(0.0, 1.0))
-    report.figure(fig, "training.png", "Train loss (log scale) and test accuracy")
+                  for label, r in results["runs"].items()], spec=".4f")
+    caption = "Train loss (log scale) and test accuracy"
+    if curves is None:
+        report.existing_figure("training.png", caption)
+    else:
+        fig, axes = new_figure(2)
+        plot_curves(axes[0], {k: c["train_loss"] for k, c in curves["main"].items()},
+                    xlabel="step", ylabel="train loss (mean over 100 steps)", logy=True)
+        plot_curves(axes[1], {k: c["eval_accuracy"] for k, c in curves["main"].items()},
+                    xlabel="step", ylabel="test accuracy", ylim=(0.0, 1.0))
+        report.figure(fig, "training.png", caption)
 
-    if depth_runs:
-        report.heading("How long the plain LeCun net stalls, by depth")
-        rows = [[init, d, plateau_exit(r), r.final("train_loss"), r.final("eval_accuracy")]
-                for (init, d), r in depth_runs.items()]
-        lecun30 = main_runs["LeCun (\"Xavier\"), plain"]
-        rows.insert(2, ["LeCun", 30, plateau_exit(lecun30),
-                        _at(lecun30, "train_loss", SWEEP_STEPS),
-                        _at(lecun30, "eval_accuracy", SWEEP_STEPS)])
+    if "depth_sweep" in results:
+        report.heading("How long the plain net stalls, by depth")
+        rows = [[*key.split("_"), r["plateau_exit"], r[f"train_loss@{SWEEP_STEPS}"],
+                 r[f"test_accuracy@{SWEEP_STEPS}"]] for key, r in results["depth_sweep"].items()]
         report.table(["init", "depth", f"first step with loss < {PLATEAU}",
                       f"train loss at {SWEEP_STEPS}", f"test accuracy at {SWEEP_STEPS}"],
                      rows, spec=".4f")
-        fig, axes = new_figure(1)
-        plot_curves(axes[0], {f"{init}, depth {d}": r.series("train_loss")
-                              for (init, d), r in depth_runs.items()},
-                    xlabel="step", ylabel="train loss", logy=True)
-        report.figure(fig, "depth_sweep.png", "Plain nets of other depths (same width, lr); "
-                      "curves stuck at the chance loss ln 10 overlap")
-        summary["depth_sweep"] = {f"{i}_{d}": plateau_exit(r)
-                                  for (i, d), r in depth_runs.items()}
+        if "depth_sweep_note" in results:
+            report.text(f"({results['depth_sweep_note']}.)")
+        caption = ("Plain nets of other depths (same width, lr); curves stuck at the chance "
+                   "loss ln 10 overlap")
+        if curves is None:
+            report.existing_figure("depth_sweep.png", caption)
+        else:
+            fig, axes = new_figure(1)
+            plot_curves(axes[0], {k.replace("_", ", depth "): c
+                                  for k, c in curves["depth"].items()},
+                        xlabel="step", ylabel="train loss", logy=True)
+            report.figure(fig, "depth_sweep.png", caption)
     report.heading("Result")
-    report.text(_verdict(main_runs, depth_runs))
-    report.text(verdict_table(verdicts(summary)))
-    report.save_json("results.json", summary)
-    print(f"wrote {report.write()}")
-    return summary
+    report.text(_verdict(results))
+    claims = verdicts(results)
+    report.text(verdict_table(claims))
+    report_results(report, results, claims)
 
 
-def verdicts(summary: dict[str, Any]) -> list[Verdict]:
-    """The claims' verdicts, from the numbers in `summary` (one seed each: preliminary)."""
-    kaiming, lecun = (per_layer_factor(summary["init_preact_std"][k]) for k in INITS)
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """The claims' verdicts, from the numbers in results.json (one seed each: preliminary)."""
+    kaiming, lecun = (per_layer_factor(results["init_preact_std"][k]) for k in INITS)
     kept = 0.9 < kaiming < 1.1 and abs(lecun - 2**-0.5) < 0.06
-    runs = summary["runs"]
+    runs = results["runs"]
     k_exit = runs["Kaiming, plain"]["plateau_exit"]
     l_exit = runs["LeCun (\"Xavier\"), plain"]["plateau_exit"]
     trains = ("not reproduced" if k_exit is None else "reproduced" if l_exit is None
               else "partly reproduced" if l_exit > k_exit else "not reproduced")
+    evidence = f"off the plateau (loss < {PLATEAU}) at step {k_exit} vs {l_exit}"
+    deep_kaiming = results.get("depth_sweep", {}).get(f"Kaiming_{SWEEP_DEPTHS[-1]}")
+    if deep_kaiming is not None:  # the same recipe deeper: does Kaiming still train?
+        evidence += (f"; Kaiming at depth {SWEEP_DEPTHS[-1]}: test accuracy "
+                     f"{fmt(deep_kaiming[f'test_accuracy@{SWEEP_STEPS}'], '.4f')} "
+                     f"at step {SWEEP_STEPS}")
     out = [
         Verdict("at init, std per layer ×1 (Kaiming) vs ×1/√2 (LeCun)",
                 f"×{kaiming:.3f} vs ×{lecun:.3f}",
                 "reproduced" if kept else "not reproduced", n=1),
-        Verdict("plain net: Kaiming trains, LeCun stalls",
-                f"off the plateau (loss < {PLATEAU}) at step {k_exit} vs {l_exit}", trains, n=1),
+        Verdict("plain net: Kaiming trains, LeCun stalls", evidence, trains, n=1),
     ]
     if "Kaiming, BN" in runs:
         accs = [runs[f"{i}, BN"]["test_accuracy"] for i in INITS]  # None: diverged
@@ -193,24 +242,25 @@ def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     return out
 
 
-def _verdict(main_runs: dict[str, RunResult], depth_runs: dict[tuple[str, int], RunResult]) -> str:
-    def describe(label: str) -> str:
-        run = main_runs[label]
-        exit_step = plateau_exit(run)
-        stalled = "never leaves the chance plateau" if exit_step is None else (
-            f"first gets below loss {PLATEAU} at step {exit_step}")
-        return (f"{label}: {stalled}; final train loss {run.final('train_loss'):.3f}, test "
-                f"accuracy {run.final('eval_accuracy'):.4f}")
+def _verdict(results: dict[str, Any]) -> str:
+    def describe(label: str, r: dict[str, Any]) -> str:
+        stalled = ("never leaves the chance plateau" if r["plateau_exit"] is None
+                   else f"first gets below loss {PLATEAU} at step {r['plateau_exit']}")
+        return (f"{label}: {stalled}; final train loss {fmt(r['loss@end'], '.3f')}, test "
+                f"accuracy {fmt(r['test_accuracy'], '.4f')}")
 
-    lines = [f"- {describe(label)}." for label in main_runs]
-    if depth_runs:
-        lines.append("- Plain LeCun nets by depth (1,500 steps): " + ", ".join(
-            f"depth {d}: " + (f"off the plateau at step {plateau_exit(r)}" if plateau_exit(r)
-                              else "stalled throughout")
-            for (init, d), r in depth_runs.items() if init == "LeCun") + "; Kaiming at depth "
-            + ", ".join(f"{d}: off the plateau at step {plateau_exit(r)}, train loss "
-                        f"{r.final('train_loss'):.3f} at the end"
-                        for (init, d), r in depth_runs.items() if init == "Kaiming") + ".")
+    lines = [f"- {describe(label, r)}." for label, r in results["runs"].items()]
+    sweep = results.get("depth_sweep", {})
+    if sweep:
+        lines.append(f"- Plain nets by depth ({SWEEP_STEPS:,} steps): " + ", ".join(
+            f"{key.replace('_', ' at depth ')}: "
+            + (f"off the plateau at step {r['plateau_exit']}" if r["plateau_exit"]
+               else "stalled throughout")
+            + f", test accuracy {fmt(r[f'test_accuracy@{SWEEP_STEPS}'], '.4f')}"
+            for key, r in sweep.items()) + ".")
+    lines.append("- One seed per run, and a single unstable run can turn a verdict (E5's report "
+                 "trains a Kaiming ReLU net of the same recipe at depth 32), hence "
+                 "\"preliminary\".")
     return "\n".join(lines)
 
 

@@ -3,16 +3,22 @@
     python experiments/e4_bn_mnist/run.py                 # full size, report into its folder
     python experiments/e4_bn_mnist/run.py --tiny --out /tmp/e4   # seconds (the test suite)
     python experiments/e4_bn_mnist/run.py --reuse         # re-read finished training runs
+    python experiments/e4_bn_mnist/run.py --report-only   # rewrite report.md from results.json
 
     def main(argv=None):
         args = parse_experiment_args(__doc__, __file__, argv)
         report = Report("E4 ...", args.out, command=args.command)
+
+A report's numbers and verdicts come from its results.json (`save_results` stores them with the
+verdicts and the revision they came from; `--report-only` renders the report from that file
+alone), and the root README's overview table is `experiments_overview()` of those files.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -24,17 +30,19 @@ import jax
 from ml_collections import ConfigDict
 
 from normlab.config import load_config
+from normlab.reports.markdown import Report, Verdict, markdown_table
 from normlab.reports.runs import RunResult, run_training
-from normlab.train.run_info import command_line
+from normlab.train.run_info import command_line, git_revision, run_info
 
 RUNS = "runs"  # training workdirs, under the output folder (not committed: see its .gitignore)
+RESULTS = "results.json"
 
 
 def parse_experiment_args(
     doc: str | None, script: str | Path, argv: Sequence[str] | None = None
 ) -> argparse.Namespace:
-    """Parses `--tiny`, `--out`, `--runs`, `--reuse` and `--progress`; adds `command` and
-    `devices`.
+    """Parses `--tiny`, `--out`, `--runs`, `--reuse`, `--reuse-any-revision`,
+    `--report-only` and `--progress`; adds `command` and `devices`.
 
     Defaults: `out` is the script's folder (where the committed report lives), `runs` is
     `out/runs`. `command` is the command line that reproduces the run: the real one when
@@ -51,9 +59,16 @@ def parse_experiment_args(
     parser.add_argument("--out", type=Path, default=script.parent, help="report folder")
     parser.add_argument("--runs", type=Path, default=None, help="training workdirs (out/runs)")
     parser.add_argument("--reuse", action="store_true",
-                        help="read finished training runs of the same config instead of rerunning")
+                        help="read finished training runs of the same config and training code "
+                             "instead of rerunning")
+    parser.add_argument("--reuse-any-revision", action="store_true",
+                        help="--reuse, also runs trained by other code (the report lists the "
+                             "revisions mixed)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite report.md from out/results.json alone (no training)")
     parser.add_argument("--progress", action="store_true", help="show training progress lines")
     args = parser.parse_args(argv)
+    args.reuse = args.reuse or args.reuse_any_revision
     args.runs = args.runs or args.out / RUNS
     args.devices = jax.devices()[:1] if args.tiny else None
     if argv is None:
@@ -79,7 +94,81 @@ def train_config(
     for key, value in overrides.items():
         config[key] = value
     return run_training(config, args.runs / name, name=name, reuse=args.reuse,
-                        progress=args.progress, devices=args.devices)
+                        any_revision=args.reuse_any_revision, progress=args.progress,
+                        devices=args.devices)
+
+
+def results_provenance(command: str | None = None) -> dict[str, Any]:
+    """Where results come from: the git revision (without "-dirty"), whether the tree was clean
+    (no uncommitted changes to tracked files), the command and the UTC time."""
+    revision = git_revision()
+    info = run_info()
+    return {"git_revision": revision.removesuffix("-dirty"),
+            "clean": not revision.endswith("-dirty") and revision != "unknown",
+            "command": command or info["command"], "time_utc": info["time_utc"]}
+
+
+def save_results(report: Report, results: dict[str, Any], verdicts: list[Verdict]) -> Path:
+    """Writes `results` as report.out_dir/results.json with its verdicts and, unless it holds
+    one already (results read back to rewrite a report), its provenance
+    (`results_provenance()`: results computed in this process come from this checkout)."""
+    results["verdicts"] = [v.to_dict() for v in verdicts]
+    results.setdefault("provenance", results_provenance(report.info["command"]))
+    return report.save_json(RESULTS, results)
+
+
+def load_results(out: str | Path) -> dict[str, Any]:
+    """out/results.json as written by `save_results` (or an older run's, without verdicts)."""
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        raise ValueError(f"load_results: no {RESULTS} in {out}; run the experiment without "
+                         "--report-only first")
+    return json.loads(path.read_text())
+
+
+def provenance_line(results: dict[str, Any]) -> str:
+    """The revision the results came from, for a report's header: "`abc123` (clean tree)",
+    "`abc123` with uncommitted changes", or "revision not recorded" (results from before
+    results.json recorded it; the revision of the report first written from them is added)."""
+    prov = results.get("provenance") or {}
+    if not prov.get("git_revision"):
+        earlier = prov.get("first_report_revision")
+        return "revision not recorded" + (
+            f" (the report first written from these results names `{earlier}`)"
+            if earlier else "")
+    tree = "clean tree" if prov.get("clean") else "with uncommitted changes"
+    return f"`{prov['git_revision']}` ({tree}), {prov.get('time_utc', 'time not recorded')} UTC"
+
+
+def report_results(report: Report, results: dict[str, Any], verdicts: list[Verdict]) -> Path:
+    """The end of every experiment's report step: names where the results came from, writes
+    results.json (their verdicts included; rewritten from stored results, their provenance is
+    kept) and report.md."""
+    save_results(report, results, verdicts)
+    report.facts["results from"] = provenance_line(results)
+    path = report.write()
+    print(f"wrote {path}")
+    return path
+
+
+def experiments_overview(root: Path | None = None) -> str:
+    """The root README's overview table: one row per verdict of every experiments/*/results.json
+    (experiment, claim, n, verdict as shown), so the README cannot drift from the reports."""
+    root = root or experiments_dir()
+    rows = []
+    for path in sorted(root.glob("e*/results.json"), key=lambda p: _order(p.parent.name)):
+        key, title = path.parent.name.split("_", 1)
+        link = (f"[{key.upper()} {title.replace('_', ' ')}]"
+                f"(experiments/{path.parent.name}/report.md)")
+        for i, v in enumerate(json.loads(path.read_text()).get("verdicts", [])):
+            verdict = Verdict.from_dict(v)
+            rows.append([link if i == 0 else "", verdict.claim,
+                         "—" if verdict.n is None else str(verdict.n), verdict.shown])
+    return markdown_table(["experiment", "claim", "n", "verdict"], rows, align="llrl")
+
+
+def _order(name: str) -> int:
+    return int(name.split("_", 1)[0].lstrip("e"))
 
 
 def experiments_dir() -> Path:

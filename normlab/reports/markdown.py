@@ -83,19 +83,33 @@ class Verdict:
         if self.verdict not in VERDICTS:
             raise ValueError(f"Verdict: verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
+    @property
+    def shown(self) -> str:
+        """The verdict as reports print it: "preliminary: <verdict>" on fewer than `MIN_SEEDS`
+        seeds (or an unstated n), unless it is "not tested"."""
+        weak = self.verdict != "not tested" and (self.n is None or self.n < MIN_SEEDS)
+        return f"preliminary: {self.verdict}" if weak else self.verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict for results.json: claim, evidence, n, verdict and the shown word."""
+        return {"claim": self.claim, "evidence": self.evidence, "n": self.n,
+                "verdict": self.verdict, "shown": self.shown}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        """The inverse of `to_dict` ("shown" is derived, so it is not read back)."""
+        return cls(data["claim"], data["evidence"], data["verdict"], data.get("n"))
+
 
 def verdict_table(verdicts: Sequence[Verdict]) -> str:
     """The claims as a table: claim | evidence | n | verdict. A verdict on fewer than
-    `MIN_SEEDS` seeds (or an unstated n) is marked "preliminary", unless it is "not tested".
+    `MIN_SEEDS` seeds (or an unstated n) is marked "preliminary", unless it is "not tested"
+    (`Verdict.shown`).
 
         verdict_table([Verdict("BN trains faster", "steps to 97%: 2,100 vs 6,800", "reproduced",
                                n=1)])     # ... | 1 | preliminary: reproduced |
     """
-    rows = []
-    for v in verdicts:
-        weak = v.verdict != "not tested" and (v.n is None or v.n < MIN_SEEDS)
-        rows.append([v.claim, v.evidence, "—" if v.n is None else str(v.n),
-                     f"preliminary: {v.verdict}" if weak else v.verdict])
+    rows = [[v.claim, v.evidence, "—" if v.n is None else str(v.n), v.shown] for v in verdicts]
     return markdown_table(["claim", "evidence", "n", "verdict"], rows, align="llrl")
 
 
@@ -183,6 +197,15 @@ class Report:
         path = save_figure(fig, self.out_dir / filename)
         self._body.append(f"![{caption}]({filename})\n\n*{caption}*")
         return path
+
+    def existing_figure(self, filename: str, caption: str) -> None:
+        """Embeds `out_dir/filename` as drawn by an earlier training session (a report rewritten
+        from results.json alone has no curves to redraw it from); raises if it is absent."""
+        if not (self.out_dir / filename).is_file():
+            raise ValueError(f"Report.existing_figure: no {filename} in {self.out_dir}; rerun the "
+                             "experiment (without --report-only) to draw it")
+        self._body.append(f"![{caption}]({filename})\n\n*{caption} (drawn by the training "
+                          "session, not from results.json)*")
 
     def save_json(self, filename: str, data: Mapping[str, Any]) -> Path:
         """Writes `data` (the numbers behind the tables and plots) as `out_dir/filename`."""

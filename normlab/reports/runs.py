@@ -7,10 +7,17 @@
 
 A run whose loss becomes non-finite is a result, not a crash: `RunResult.diverged` holds the
 message and the curves hold what was logged before it.
+
+Every run records the code that trained it (`code.json`: `code_digest()` and the git revision);
+`reuse=True` reads back only a run of the same config *and* the same training code, so a report
+never mixes runs of different code unknowingly (`any_revision=True` allows it, and
+`describe_runs` then states the revisions mixed).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -25,8 +32,42 @@ from normlab.errors import NonFiniteLossError
 from normlab.train.defaults import base_config
 from normlab.train.loop import train
 from normlab.train.metrics import read_metrics
+from normlab.train.run_info import git_revision
 
 DIVERGED = "diverged.json"
+CODE = "code.json"
+_ROOT = Path(__file__).resolve().parents[2]
+# the code a run's numbers depend on; normlab/reports only reads runs back, so editing a report
+# does not make its finished runs stale
+_TRAINING_CODE = ("normlab", "configs")
+_NOT_TRAINING_CODE = ("normlab/reports",)
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 (16 hex digits) of the training code: every .py file under normlab/ (but
+    normlab/reports) and configs/, path and bytes. Content, not the git revision: an edit left
+    uncommitted changes it too, and a commit that touches only docs or reports does not."""
+    digest = hashlib.sha256()
+    for top in _TRAINING_CODE:
+        for path in sorted((_ROOT / top).rglob("*.py")):
+            rel = path.relative_to(_ROOT).as_posix()
+            if rel.startswith(_NOT_TRAINING_CODE):
+                continue
+            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _record_code(workdir: Path) -> None:
+    (workdir / CODE).write_text(json.dumps(
+        {"code_digest": code_digest(), "git_revision": git_revision()}) + "\n")
+
+
+def _same_code(workdir: Path) -> bool:
+    try:
+        return json.loads((workdir / CODE).read_text())["code_digest"] == code_digest()
+    except (OSError, ValueError, KeyError):
+        return False  # a run from before code.json existed: its code is unknown
 
 
 def series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +106,7 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
     diverged: str | None = None
     reused: bool = False
+    same_code: bool = True  # False: reused from a run trained by other code (any_revision)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of metric `key` (see `series`)."""
@@ -95,8 +137,13 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(full)).items() if k != "mesh"}
 
 
-def _finished_run(config: ConfigDict, workdir: Path) -> tuple[dict, str | None] | None:
-    """(summary, diverged message) of a completed run of exactly `config`, else None."""
+def _finished_run(
+    config: ConfigDict, workdir: Path, *, any_revision: bool = False
+) -> tuple[dict, str | None] | None:
+    """(summary, diverged message) of a completed run of exactly `config` (and, unless
+    `any_revision`, of this checkout's training code), else None."""
+    if not any_revision and not _same_code(workdir):
+        return None
     try:
         saved = json.loads((workdir / "config.json").read_text())
         if _comparable(saved) != _comparable(config.to_dict()):
@@ -115,22 +162,26 @@ def run_training(
     *,
     name: str | None = None,
     reuse: bool = False,
+    any_revision: bool = False,
     progress: bool = False,
     devices: Sequence[Any] | None = None,
 ) -> RunResult:
     """Trains `config` from scratch in `workdir` (`normlab.train.loop.train`) and reads back its
     metrics. With `reuse`, a finished (or diverged) run of the same config (the `mesh` field
-    aside) found there is read instead of retrained. A previous normlab run in `workdir` is
-    deleted first; any other non-empty folder raises ValueError rather than being deleted.
-    `devices`: the mesh's devices (default: every visible device).
+    aside) trained by the same training code (`code_digest`) found there is read instead of
+    retrained; `any_revision` also reads one trained by other code (`RunResult.same_code` is
+    then False). A previous normlab run in `workdir` is deleted first; any other non-empty
+    folder raises ValueError rather than being deleted. `devices`: the mesh's devices (default:
+    every visible device).
 
         result = run_training(config, "runs/bn", name="BN", reuse=True)
     """
     workdir = Path(workdir)
     name = name or workdir.name
-    if reuse and (found := _finished_run(config, workdir)) is not None:
+    if reuse and (found := _finished_run(config, workdir, any_revision=any_revision)):
         summary, diverged = found
-        return RunResult(name, workdir, _records(workdir), summary, diverged, reused=True)
+        return RunResult(name, workdir, _records(workdir), summary, diverged, reused=True,
+                         same_code=_same_code(workdir))
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / "config.json").exists():
             raise ValueError(
@@ -142,7 +193,9 @@ def run_training(
         summary = train(config, workdir, progress=progress, devices=devices)
     except NonFiniteLossError as err:
         (workdir / DIVERGED).write_text(json.dumps({"message": str(err)}) + "\n")
+        _record_code(workdir)
         return RunResult(name, workdir, _records(workdir), {}, str(err))
+    _record_code(workdir)
     return RunResult(name, workdir, _records(workdir), summary)
 
 
@@ -158,8 +211,11 @@ def describe_runs(runs: Iterable[RunResult]) -> str:
     minutes, secs = divmod(round(seconds), 60)
     revisions = sorted({r.summary["git_revision"] for r in runs if r.summary.get("git_revision")})
     diverged = sum(r.diverged is not None for r in runs)
+    other_code = sum(not r.same_code for r in runs)
     return (
         f"{len(runs)} runs ({sum(r.reused for r in runs)} reused from an earlier session"
+        + (f", {other_code} of them trained by other code than this checkout's"
+           if other_code else "")
         + (f", {diverged} diverged" if diverged else "")
         + f"); training wall time {minutes} min {secs} s summed over the finished runs"
         + (f"; trained at {', '.join(revisions)}" if revisions else "")
