@@ -25,7 +25,7 @@ import numpy as np
 from normlab.nn.activations import make_activation
 from normlab.nn.initializers import make_initializer
 from normlab.reports import Report, Verdict, new_figure, plot_curves, verdict_table
-from normlab.reports.experiment import parse_experiment_args
+from normlab.reports.experiment import load_results, parse_experiment_args, report_results
 
 # (label, activation, initializer, its options, the lecture's first→last std as in SPEC §3)
 SETUPS = (
@@ -130,12 +130,13 @@ def _histograms(results: dict[str, dict[str, Any]], depth: int):
     return fig
 
 
-def write_report(
-    report: Report, results, *, width: int, depth: int, batch: int, seconds: float
-) -> None:
+def write_report(report: Report, stored: dict[str, Any], h: dict[str, Any] | None) -> None:
+    """The report from `stored` (results.json) alone; the histograms drawn from the activations
+    `h` (None: --report-only, the committed histograms are embedded)."""
+    width, depth, batch, results = (stored[k] for k in ("width", "depth", "batch", "setups"))
     report.facts.update({
         "setup": f"{depth} layers × D={width}, no biases, batch {batch}, x ~ N(0, 1), seed 0",
-        "compute time": f"{seconds:.1f} s (5 forward + backward passes)",
+        "compute time": f"{stored['compute_seconds']:.1f} s (5 forward + backward passes)",
     })
     layers = range(1, depth + 1)
     report.text(
@@ -186,7 +187,8 @@ def write_report(
                  spec=".3f")
     report.heading("Result")
     report.text(_verdict(results, width))
-    report.text(verdict_table(verdicts(results)))
+    claims = verdicts(stored)
+    report.text(verdict_table(claims))
 
     fig, (ax_std, ax_gh, ax_gw) = new_figure(3, panel_size=(4.8, 3.8))
     plot_curves(ax_std, {k: (list(layers), r["std"]) for k, r in results.items()},
@@ -203,14 +205,20 @@ def write_report(
     report.figure(fig, "std_by_layer.png",
                   "Std of activations (left), of their gradients (middle, log) and of the "
                   "weight gradients (right) by layer")
-    report.figure(_histograms(results, depth), "histograms.png",
-                  "Histograms of the activations of every layer (rows: setups, columns: layers; "
-                  "tanh panels span [−1, 1]; ReLU panels show the positive values only, on a "
-                  "range shared along the row)")
+    caption = ("Histograms of the activations of every layer (rows: setups, columns: layers; "
+               "tanh panels span [−1, 1]; ReLU panels show the positive values only, on a range "
+               "shared along the row)")
+    if h is None:
+        report.existing_figure("histograms.png", caption)
+    else:
+        report.figure(_histograms({k: {**r, "h": h[k]} for k, r in results.items()}, depth),
+                      "histograms.png", caption)
+    report_results(report, stored, claims)
 
 
-def verdicts(results: dict[str, dict[str, Any]]) -> list[Verdict]:
+def verdicts(stored: dict[str, Any]) -> list[Verdict]:
     """One claim per setup: the lecture's first → last layer std (one random net each)."""
+    results = stored["setups"]
     return [Verdict(f"{label}: std {expected[0]:.2f} → {expected[1]:.2f}",
                     f"measured {results[label]['std'][0]:.3f} → {results[label]['std'][-1]:.3f}",
                     "reproduced" if reproduced(results[label]["std"], expected)
@@ -252,21 +260,24 @@ def _verdict(results: dict[str, dict[str, Any]], width: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs E1 and writes the report; returns the per-setup statistics (without histograms)."""
+    """Runs E1 (or, with --report-only, reads its results.json) and writes the report; returns
+    the per-setup statistics (without histograms)."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E1: activation statistics vs initialization", args.out,
                     command=args.command)
-    width, depth, batch = (1024, 6, 16) if args.tiny else (4096, 6, 16)
-    start = time.perf_counter()
-    results = run(width, depth, batch, seed=0)
-    seconds = time.perf_counter() - start
-    write_report(report, results, width=width, depth=depth, batch=batch, seconds=seconds)
-    summary = {k: {n: v for n, v in r.items() if n != "h"} for k, r in results.items()}
-    report.save_json("results.json", {"width": width, "depth": depth, "batch": batch,
-                                      "setups": summary})
-    path = report.write()
-    print(f"wrote {path}")
-    return summary
+    if args.report_only:
+        stored, h = load_results(args.out), None
+    else:
+        width, depth, batch = (1024, 6, 16) if args.tiny else (4096, 6, 16)
+        start = time.perf_counter()
+        results = run(width, depth, batch, seed=0)
+        stored = {"width": width, "depth": depth, "batch": batch,
+                  "compute_seconds": time.perf_counter() - start,
+                  "setups": {k: {n: v for n, v in r.items() if n != "h"}
+                             for k, r in results.items()}}
+        h = {k: r["h"] for k, r in results.items()}
+    write_report(report, stored, h)
+    return stored["setups"]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ CIFAR-10 for the four v2 combinations {no norm, BN} × {standard, zero_init_last
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,13 +34,16 @@ from normlab.reports import (
     RunResult,
     Verdict,
     describe_runs,
-    final_metric,
-    mean_of_last,
     new_figure,
     plot_curves,
     verdict_table,
 )
-from normlab.reports.experiment import parse_experiment_args, train_config
+from normlab.reports.experiment import (
+    load_results,
+    parse_experiment_args,
+    report_results,
+    train_config,
+)
 from normlab.train.inputs import to_float
 
 CONFIG = "configs/e3_residual_init.py"
@@ -144,11 +146,8 @@ def _init_figure(variances: dict[str, list[float]], model_name: str):
     return fig
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs E3 and writes the report; returns the variances and the runs' key numbers."""
-    args = parse_experiment_args(__doc__, __file__, argv)
-    report = Report("E3: residual init — MSRA vs zero_init_last", args.out,
-                    command=args.command)
+def collect(args) -> tuple[dict[str, Any], dict[str, RunResult]]:
+    """Part 1's measurements and part 2's runs; (the numbers the report shows, the runs)."""
     if args.tiny:  # ResNet-26 (4 blocks a stage: enough to tell ×r from +c), half width
         model_name, dataset, n_images = "resnet26", "digits", 16
         # rbg: other random draws than threefry's, compiled ~3× faster (the tests' budget)
@@ -162,16 +161,50 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     variances, init_loss = init_part(x, np.asarray(y_train[:n_images]),
                                      "resnet20" if args.tiny else model_name, **kwargs)
     runs = train_part(args)
+    blocks = len(next(iter(variances.values()))) - 1
+    results = {
+        "setup": {"model": model_name, "blocks": blocks, "images": n_images,
+                  "dataset": dataset, "trained": bool(runs)},
+        "variances": variances,
+        "init_loss": init_loss,
+        "runs": {k: {"train_loss": r.series("train_loss")[1].tolist(),
+                     "train_loss_steps": r.series("train_loss")[0].tolist(),
+                     "diverged": r.diverged,
+                     "final": r.summary.get("final", {})} for k, r in runs.items()},
+        "training_runs": describe_runs(runs.values()),
+    }
+    return results, runs
 
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs E3 (or, with --report-only, reads its results.json) and writes the report; returns
+    the results."""
+    args = parse_experiment_args(__doc__, __file__, argv)
+    report = Report("E3: residual init — MSRA vs zero_init_last", args.out,
+                    command=args.command)
+    results, runs = (load_results(args.out), None) if args.report_only else collect(args)
+    write_report(report, results, runs)
+    return results
+
+
+def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> None:
+    """The report from `results` alone; the training figure drawn from `runs` (None:
+    --report-only, the committed figure is embedded)."""
+    variances = results["variances"]
+    # results from before "setup" was stored are the full-size run's
+    setup = results.get("setup", {"model": "resnet110", "images": 64, "dataset": "cifar10",
+                                  "trained": True})
+    model_name = setup["model"]
     blocks = len(next(iter(variances.values()))) - 1
     report.facts.update({
-        "part 1": f"{model_name} ({blocks} blocks), {n_images} {dataset} training images, "
-                  "per-channel standardized, seed 0",
-        "part 2": "not run with --tiny" if args.tiny else
+        "part 1": f"{model_name} ({blocks} blocks), {setup['images']} {setup['dataset']} "
+                  "training images, per-channel standardized, seed 0",
+        "part 2": "not run with --tiny" if not setup["trained"] else
                   f"resnet56 ×0.5 width on CIFAR-10 (45k train / 5k validation), {CONFIG}, "
                   f"constant lr 0.1 with BN, {NO_NORM_LR} without",
-        "training runs": describe_runs(runs.values()),
     })
+    if results.get("training_runs"):
+        report.facts["training runs"] = results["training_runs"]
     report.text(
         "**Claim** (SPEC §3 E3, §1.4): with the standard (MSRA/Kaiming) init each residual "
         "branch adds about as much variance as its input has, so Var(x_l) grows with depth — "
@@ -182,11 +215,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     report.heading("Part 1: variance of the residual stream at init")
     stage_ends = _stage_ends(model_name)
+    init_loss = results.get("init_loss", {})
     rows = []
     for label, v in variances.items():
         ratio, increment = _per_block(v, stage_ends[0])
         rows.append([label, v[0], *(v[b] for b in stage_ends), ratio, increment,
-                     init_loss[label]])
+                     init_loss.get(label)])
     report.table(["variant", "stem", *(f"block {b}" for b in stage_ends),
                   "ratio per block (stage 1)", "increment per block (stage 1)",
                   "loss at init"], rows, spec=".3g")
@@ -199,38 +233,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "for a ReLU branch with Kaiming init is ×2 per block (Var F(x) = Var x). The projection "
         "shortcuts at stage boundaries (1×1 conv with Kaiming init) reset the scale there. "
         f"\"loss at init\": the cross-entropy of the net at init on these images (BN on their "
-        f"statistics), what the first training step sees; chance is ln 10 = {CHANCE:.3f}."
+        f"statistics), what the first training step sees; chance is ln 10 = {CHANCE:.3f}"
+        + ("" if init_loss else " (— : not measured when these results were made)") + "."
     )
     report.figure(_init_figure(variances, model_name), "stream_variance.png",
                   "Var of the residual stream after each block at init (log scale)")
-    if runs:
-        _training_section(report, runs)
+    if results["runs"]:
+        _training_section(report, results["runs"], runs)
         report.heading("Result")
-        report.text(_verdict(variances, runs, stage_ends))
-    claims = verdicts(variances, init_loss, runs, stage_ends[0])
+        report.text(_verdict(variances, results["runs"], stage_ends))
+    claims = verdicts(results)
     report.heading("Verdicts")
     report.text(verdict_table(claims))
-    results = {
-        "variances": variances,
-        "init_loss": init_loss,
-        "runs": {k: {"train_loss": r.series("train_loss")[1].tolist(),
-                     "diverged": r.diverged,
-                     "final": r.summary.get("final", {})} for k, r in runs.items()},
-        "verdicts": [dataclasses.asdict(v) for v in claims],
-    }
-    report.save_json("results.json", results)
-    print(f"wrote {report.write()}")
-    return results
+    report_results(report, results, claims)
 
 
-def _training_section(report: Report, runs: dict[str, RunResult]) -> None:
+def _loss_series(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    loss = np.asarray(run["train_loss"], np.float64)
+    # results from before the steps were stored logged every step from step 1
+    steps = np.asarray(run.get("train_loss_steps", range(1, len(loss) + 1)), np.int64)
+    return steps, loss
+
+
+def _training_section(report: Report, stored: dict[str, dict], runs: dict | None) -> None:
     report.heading("Part 2: early training")
-    rows = [[label, _mean_loss(r, 1, 1), _mean_loss(r, 91, 100),
-             mean_of_last(r, "train_loss", 10), final_metric(r, "eval_accuracy"),
-             _diverged_step(r.diverged) or "no"] for label, r in runs.items()]
+    rows = [[label, _mean_loss(r, 1, 1), _mean_loss(r, 91, 100), _last_mean(r, 10),
+             None if r["diverged"] else r["final"].get("eval_accuracy"),
+             None if r["diverged"] else r["final"].get("eval_loss"),
+             _diverged_step(r["diverged"]) or "no"] for label, r in stored.items()]
     report.table(["run", "train loss, step 1", "train loss, steps 91–100",
-                  "train loss, last 10 steps", "val accuracy (end)", "diverged at step"],
-                 rows, spec=".3f")
+                  "train loss, last 10 steps", "val accuracy (end)", "val loss (end)",
+                  "diverged at step"], rows, spec=".3f")
+    caption = ("Early training: train loss and validation accuracy (runs that diverged are "
+               "named in the left panel)")
+    if runs is None:
+        report.existing_figure("early_training.png", caption)
+        return
     fig, axes = new_figure(2)
     styles = {k: {"color": f"C{i}"} for i, k in enumerate(runs)}  # same color in both panels
     trained = {k: _smooth(*r.series("train_loss")) for k, r in runs.items() if not r.diverged}
@@ -245,13 +283,13 @@ def _training_section(report: Report, runs: dict[str, RunResult]) -> None:
     plot_curves(axes[1], {k: r.series("eval_accuracy") for k, r in runs.items()
                           if not r.diverged},
                 xlabel="step", ylabel="validation accuracy", styles=styles)
-    report.figure(fig, "early_training.png", "Early training: train loss and validation "
-                  "accuracy (runs that diverged are named in the left panel)")
+    report.figure(fig, "early_training.png", caption)
 
 
-def verdicts(variances: dict[str, list[float]], init_loss: dict[str, float],
-             runs: dict[str, RunResult], n: int) -> list[Verdict]:
-    """The claims, from part 1 (over stage 1's n blocks) and part 2 (one seed: preliminary)."""
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """The claims, from part 1 (over stage 1's blocks) and part 2 (one seed: preliminary)."""
+    variances, runs = results["variances"], results["runs"]
+    n = _stage_ends(results.get("setup", {}).get("model", "resnet110"))[0]
     per_block = {k: _per_block(v, n) for k, v in variances.items()}
     zero = [k for k in variances if "zero_init_last" in k]
     identity = all(abs(per_block[k][0] - 1) < 1e-3 for k in zero)
@@ -262,7 +300,6 @@ def verdicts(variances: dict[str, list[float]], init_loss: dict[str, float],
     steps = np.diff(bn[: n + 1])
     slower = bool(np.all(steps > 0)) and (per_block["v2, BN, standard (MSRA)"][0]
                                           < per_block["v2, no norm, standard (MSRA)"][0])
-    start = {k: init_loss[f"v2, no norm, {k}"] for k in ("standard (MSRA)", "zero_init_last")}
     out = [
         Verdict("zero_init_last: every block is the identity at init",
                 "Var ratio per block " + ", ".join(f"{per_block[k][0]:.4f}" for k in zero),
@@ -275,22 +312,39 @@ def verdicts(variances: dict[str, list[float]], init_loss: dict[str, float],
                 f"stage 1: ×{per_block['v2, BN, standard (MSRA)'][0]:.3g} per block, "
                 f"increments {steps.min():.3g} to {steps.max():.3g}",
                 "reproduced" if slower else "not reproduced", n=1),
-        Verdict("no norm: zero_init_last starts at the chance loss, MSRA far above",
-                f"loss at init {start['zero_init_last']:.3f} vs "
-                f"{start['standard (MSRA)']:.3g} (ln 10 = {CHANCE:.3f})",
-                "reproduced" if abs(start["zero_init_last"] - CHANCE) < 0.5
-                and start["standard (MSRA)"] > CHANCE + 0.5 else "not reproduced", n=1),
+        _init_loss_verdict(results),
     ]
     if runs:
-        last = {k: mean_of_last(r, "train_loss", 10) for k, r in runs.items()}
+        last = {k: _last_mean(r, 10) for k, r in runs.items()}
+        val = {k: None if r["diverged"] else r["final"].get("eval_loss")
+               for k, r in runs.items()}
         ahead = [f"{norm}: {fmt_loss(last[f'{norm}, zero_init_last'])} vs "
                  f"{fmt_loss(last[f'{norm}, standard'])}" for norm in ("no norm", "BN")]
         wins = sum((last[f"{norm}, zero_init_last"] or math.inf)
                    < (last[f"{norm}, standard"] or math.inf) for norm in ("no norm", "BN"))
+        # the validation loss at the end may disagree with the train loss: say it
+        ahead.append(f"BN validation loss at the end {fmt_loss(val['BN, zero_init_last'])} vs "
+                     f"{fmt_loss(val['BN, standard'])}")
         out.append(Verdict("zero_init_last trains faster early (train loss, last 10 steps)",
                            "; ".join(ahead), ("reproduced", "partly reproduced",
                                               "not reproduced")[2 - wins], n=1))
     return out
+
+
+def _init_loss_verdict(results: dict[str, Any]) -> Verdict:
+    claim = "no norm: zero_init_last starts at the chance loss, MSRA far above"
+    keys = ("zero_init_last", "standard (MSRA)")
+    if not results.get("init_loss"):
+        # results from before the loss at init was measured: the first training step's loss
+        # is on other images (a training batch), so it is shown, not judged
+        step1 = [_mean_loss(results["runs"][f"no norm, {k.split(' ')[0]}"], 1, 1) for k in keys]
+        return Verdict(claim, "loss at init not measured in these results; train loss at step "
+                       f"1: {step1[0]:.3f} vs {step1[1]:.3g} (ln 10 = {CHANCE:.3f})",
+                       "not tested")
+    start = [results["init_loss"][f"v2, no norm, {k}"] for k in keys]
+    return Verdict(claim, f"loss at init {start[0]:.3f} vs {start[1]:.3g} (ln 10 = "
+                   f"{CHANCE:.3f})", "reproduced" if abs(start[0] - CHANCE) < 0.5
+                   and start[1] > CHANCE + 0.5 else "not reproduced", n=1)
 
 
 def fmt_loss(value: float | None) -> str:
@@ -304,11 +358,17 @@ def _smooth(steps: np.ndarray, values: np.ndarray, k: int = 10):
     return steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid")
 
 
-def _mean_loss(run, first: int, last: int) -> float | None:
+def _mean_loss(run: dict[str, Any], first: int, last: int) -> float | None:
     """Mean train loss over steps first..last (None if the run has not got that far)."""
-    steps, loss = run.series("train_loss")
+    steps, loss = _loss_series(run)
     chosen = loss[(steps >= first) & (steps <= last)]
     return float(chosen.mean()) if len(chosen) == last - first + 1 else None
+
+
+def _last_mean(run: dict[str, Any], k: int) -> float | None:
+    """Mean train loss of the last k logged steps (None: diverged, or fewer logged)."""
+    loss = _loss_series(run)[1]
+    return None if run["diverged"] or len(loss) < k else float(loss[-k:].mean())
 
 
 def _per_block(v: Sequence[float], n: int) -> tuple[float, float]:
@@ -323,14 +383,14 @@ def _verdict(variances: dict[str, list[float]], runs: dict[str, Any], ends: list
              + "; from the stem to the last block by "
              + ", ".join(f"×{v[-1] / v[0]:.3g} ({k})" for k, v in variances.items()) + "."]
     for label, r in runs.items():
-        _, loss = r.series("train_loss")
-        if r.diverged:
+        loss = _loss_series(r)[1]
+        if r["diverged"]:
             lines.append(f"- {label}: loss {loss[0]:.4g} at step 1, non-finite at step "
-                         f"{_diverged_step(r.diverged)}: diverged.")
+                         f"{_diverged_step(r['diverged'])}: diverged.")
         else:
-            lines.append(f"- {label}: loss {loss[0]:.3f} at step 1, "
-                         f"{_mean_loss(r, len(loss) - 9, len(loss)):.3f} over the last 10 "
-                         f"steps, validation accuracy {r.final('eval_accuracy'):.3f}.")
+            lines.append(f"- {label}: loss {loss[0]:.3f} at step 1, {_last_mean(r, 10):.3f} "
+                         f"over the last 10 steps, validation accuracy "
+                         f"{r['final']['eval_accuracy']:.3f} (one seed).")
     return "\n".join(lines)
 
 

@@ -19,7 +19,6 @@ model=resnet20,width=1,epochs=30,train_examples=45000 and three seeds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -43,7 +42,12 @@ from normlab.reports import (
     summarize,
     verdict_table,
 )
-from normlab.reports.experiment import parse_experiment_args, train_config
+from normlab.reports.experiment import (
+    load_results,
+    parse_experiment_args,
+    report_results,
+    train_config,
+)
 from normlab.train import inputs
 from normlab.train.diagnostics import collect_preacts, power_decomposition
 from normlab.train.saved import load_saved
@@ -86,18 +90,22 @@ def standardized_images(dataset: str, n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------- (a) power
 
 
-def power_section(report: Report, args, dataset: str) -> dict[str, Any]:
+def power_results(args, dataset: str) -> dict[str, Any]:
+    """Part (a)'s measures of the random nets, by norm (mean over the size's seeds)."""
     size = TINY_POWER if args.tiny else POWER
     cache = args.runs / "power.json"  # --reuse reads it: the random nets take minutes on CPU
     if args.reuse and cache.is_file() and json.loads(cache.read_text())["size"] == size:
-        results = json.loads(cache.read_text())["results"]
-    else:
-        x = standardized_images(dataset, size["images"])
-        nets = TINY_NETS if args.tiny else list(e6_power.NETS)
-        results = e6_power.mean_over_seeds(x, nets, depth=size["depth"],
-                                           width=size["width"], seeds=size["seeds"])
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"size": size, "results": results}))
+        return json.loads(cache.read_text())["results"]
+    x = standardized_images(dataset, size["images"])
+    nets = TINY_NETS if args.tiny else list(e6_power.NETS)
+    results = e6_power.mean_over_seeds(x, nets, depth=size["depth"], width=size["width"],
+                                       seeds=size["seeds"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"size": size, "results": results}))
+    return results
+
+
+def power_section(report: Report, results: dict[str, Any], size: dict, dataset: str) -> None:
     depth = size["depth"]
     report.heading("(a) Power plots: a random conv net at init")
     report.text(
@@ -136,7 +144,6 @@ def power_section(report: Report, args, dataset: str) -> dict[str, Any]:
     report.figure(fig, "power_by_depth.png",
                   "Power decomposition by depth in the random conv net (top: the conv output "
                   "entering each norm; bottom: the pre-activation)")
-    return results
 
 
 # ---------------------------------------------------------------------------- (b) training
@@ -175,11 +182,27 @@ def trained_power(run: RunResult, n: int) -> dict[str, float]:
     return out
 
 
-def training_section(report: Report, args) -> dict[str, Any]:
+def training_results(args) -> tuple[dict[str, Any], dict]:
+    """Part (b)'s runs: (per norm and batch the seeds' val/test accuracies and the trained
+    nets' power measures, the runs)."""
     runs = _runs(args)
     seeds = sorted({s for _, _, s in runs})
     labels = list(dict.fromkeys(label for label, _, _ in runs))
-    report.facts["training runs"] = describe_runs(runs.values())
+    table = {label: {str(batch): {
+        "val": [final_metric(runs[label, batch, s], "eval_accuracy") for s in seeds],
+        "test": [final_metric(runs[label, batch, s], "test_accuracy") for s in seeds]}
+        for batch in BATCHES} for label in labels}
+    n = 256
+    power = {label: trained_power(runs[label, BATCHES[0], seeds[0]], n) for label in labels
+             if label != "none" and not runs[label, BATCHES[0], seeds[0]].diverged}
+    return {"seeds": seeds, "table": table, "trained_power": power, "power_images": n}, runs
+
+
+def training_section(report: Report, training: dict[str, Any], runs: dict | None) -> None:
+    table = training["table"]
+    labels = list(table)
+    # results from before the seeds were stored: SEEDS, one value each
+    seeds = training.get("seeds", list(SEEDS))
     report.heading("(b) Training: pre-activation ResNet, every norm, large and small batch")
     report.text(
         f"`{CONFIG}:{FULL_TRAINING}` with batch ∈ {{{', '.join(map(str, BATCHES))}}} "
@@ -190,66 +213,55 @@ def training_section(report: Report, args) -> dict[str, Any]:
         "CPU; the paper's claims are about fully trained nets (see the module docstring of "
         "run.py for the full-size command)."
     )
-    table: dict[str, dict[int, dict[str, Any]]] = {}
-    rows = []
-    for label in labels:
-        row = [label]
-        table[label] = {}
-        for batch in BATCHES:
-            vals = [final_metric(runs[label, batch, s], "eval_accuracy") for s in seeds]
-            tests = [final_metric(runs[label, batch, s], "test_accuracy") for s in seeds]
-            val = summarize(vals)
-            table[label][batch] = {"val": vals, "test": tests, "val_mean": val.mean,
-                                   "val_ci": val.ci, "test_mean": summarize(tests).mean,
-                                   "diverged": len(vals) - val.n}
-            row += [fmt_mean_ci(vals, ".4f"), fmt_mean_ci(tests, ".4f")]
-        rows.append(row)
+    rows = [[label, *(fmt_mean_ci(table[label][str(b)][kind], ".4f") for b in BATCHES
+                      for kind in ("val", "test"))] for label in labels]
     header = ["norm"] + [f"{kind}, batch {b}" for b in BATCHES for kind in ("val acc", "test acc")]
     report.table(header, rows)
     report.text("Mean ± half-width of the 95% Student-t CI over seeds; \"n=k of m\": m − k runs "
                 "hit a non-finite loss and are left out.")
-
-    fig, axes = new_figure(2)
-    for ax, batch in zip(axes, BATCHES, strict=True):
-        for label in labels:
-            steps, loss = runs[label, batch, seeds[0]].series("train_loss")
-            if len(steps):
-                ax.plot(steps, loss, label=label, linestyle="--" if "PN" in label else "-")
-        ax.set_title(f"train loss, batch {batch} (seed {seeds[0]})")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-    axes[0].legend(fontsize=7, ncol=2)
-    report.figure(fig, "training_loss.png", "Train loss by norm at the large and the small batch")
+    caption = "Train loss by norm at the large and the small batch"
+    if runs is None:
+        report.existing_figure("training_loss.png", caption)
+    else:
+        fig, axes = new_figure(2)
+        for ax, batch in zip(axes, BATCHES, strict=True):
+            for label in labels:
+                steps, loss = runs[label, batch, seeds[0]].series("train_loss")
+                if len(steps):
+                    ax.plot(steps, loss, label=label, linestyle="--" if "PN" in label else "-")
+            ax.set_title(f"train loss, batch {batch} (seed {seeds[0]})")
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+        axes[0].legend(fontsize=7, ncol=2)
+        report.figure(fig, "training_loss.png", caption)
 
     fig, (ax,) = new_figure(1, panel_size=(12, 4.5))
     xs = np.arange(len(labels))
     for i, batch in enumerate(BATCHES):
-        means = [np.nan_to_num(table[label][batch]["val_mean"]) for label in labels]
-        cis = [np.nan_to_num(table[label][batch]["val_ci"]) for label in labels]
-        ax.bar(xs + (i - 0.5) * 0.4, means, 0.4, yerr=cis, label=f"batch {batch}")
+        stats = [summarize(table[label][str(batch)]["val"]) for label in labels]
+        ax.bar(xs + (i - 0.5) * 0.4, [np.nan_to_num(s.mean) for s in stats], 0.4,
+               yerr=[np.nan_to_num(s.ci) for s in stats], label=f"batch {batch}")
     ax.set_xticks(xs, labels, rotation=30, fontsize=8)
     ax.set_ylabel("validation accuracy")
     ax.legend()
     report.figure(fig, "accuracy_by_norm.png",
                   "Validation accuracy by norm and batch (mean ± 95% CI over seeds)")
 
-    power, prows, n = {}, [], 256
-    for label in labels:
-        run = runs[label, BATCHES[0], seeds[0]]
-        if run.diverged or label == "none":
-            continue
-        power[label] = trained_power(run, n)
-        prows.append([label] + [fmt(power[label][k], ".3g") for k in power[label]])
+    # results from before the key was renamed call the trained nets' measures "power"
+    power = training.get("trained_power", training.get("power", {}))
     report.text(f"**Power measures of the trained nets** (batch {BATCHES[0]}, seed {seeds[0]}; "
-                f"pre-activations of every conv layer on {n} training images, eval mode):")
+                f"pre-activations of every conv layer on {training.get('power_images', 256)} "
+                "training images, eval mode):")
     report.table(["norm", "sq-mean, mean over layers", "sq-mean, last", "inst-mean var, mean",
-                  "inst-mean var, last", "inst-std var, mean", "inst-std var, last"], prows)
-    return {"table": table, "trained_power": power}
+                  "inst-mean var, last", "inst-std var, mean", "inst-std var, last"],
+                 [[label] + [fmt(v, ".3g") for v in p.values()] for label, p in power.items()])
 
 
-def verdicts(power: dict, training: dict | None, seeds: int) -> list[Verdict]:
-    """(a) from the random nets' last layer (averaged over `seeds` random nets); (b) is not
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """(a) from the random nets' last layer (averaged over the size's random nets); (b) is not
     tested at this size: the nets are far from trained (issue 18)."""
+    power, training = results["power"], results.get("training")
+    seeds = len(results.get("power_size", POWER)["seeds"])
     sq = {k: r["norm_input"]["sq_mean_share"][-1] for k, r in power.items()}
     inst = {k: r["norm_input"]["instance_mean_var_share"][-1] for k, r in power.items()}
     pairs = [(a, b) for a, b in (("LN", "LN+PN"), ("GN", "GN+PN"), ("LN", "BN"))
@@ -265,38 +277,59 @@ def verdicts(power: dict, training: dict | None, seeds: int) -> list[Verdict]:
     ]
     if training is not None:
         bn = training["table"]["BN"]
+        val = [summarize(bn[str(b)]["val"]).mean for b in BATCHES]
         out.append(Verdict(
             "BN degrades at small batch; GN+PN / LN+PN match or beat BN",
-            f"BN val {fmt(bn[BATCHES[0]]['val_mean'], '.3f')} (batch {BATCHES[0]}) → "
-            f"{fmt(bn[BATCHES[1]]['val_mean'], '.3f')} (batch {BATCHES[1]}); nets trained "
-            "for 2 epochs, far from the paper's accuracies", "not tested"))
+            f"BN val {fmt(val[0], '.3f')} (batch {BATCHES[0]}) → {fmt(val[1], '.3f')} (batch "
+            f"{BATCHES[1]}); nets trained for 2 epochs, far from the paper's accuracies; GN's "
+            "8 groups of 8 channels are InstanceNorm in the first stage; equal epochs give batch "
+            f"{BATCHES[1]} {BATCHES[0] // BATCHES[1]}× the steps", "not tested"))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs E6 (or, with --report-only, reads its results.json) and writes the report; returns
+    the results."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E6: normalization comparison (Proxy Norm paper)", args.out,
                     command=args.command)
-    dataset = "digits" if args.tiny else "cifar10"
-    size = TINY_POWER if args.tiny else POWER
+    runs = None
+    if args.report_only:
+        results = load_results(args.out)
+    else:
+        dataset = "digits" if args.tiny else "cifar10"
+        results = {"dataset": dataset, "power_size": TINY_POWER if args.tiny else POWER,
+                   "power": power_results(args, dataset), "training": None}
+        if not args.tiny:
+            results["training"], runs = training_results(args)
+            results["training_runs"] = describe_runs(runs.values())
+    write_report(report, results, runs)
+    return results
+
+
+def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> None:
+    """The report from `results` alone; the training-loss figure drawn from `runs` (None:
+    --report-only, the committed figure is embedded)."""
+    # results from before the sizes were stored are the full-size CIFAR-10 run's
+    dataset, size = results.get("dataset", "cifar10"), results.get("power_size", POWER)
+    trained = results.get("training") is not None
     report.facts["part (a)"] = f"random conv net, depth {size['depth']}, {dataset}"
-    report.facts["part (b)"] = "not run with --tiny" if args.tiny else f"{CONFIG}:{FULL_TRAINING}"
+    report.facts["part (b)"] = f"{CONFIG}:{FULL_TRAINING}" if trained else "not run with --tiny"
+    if results.get("training_runs"):
+        report.facts["training runs"] = results["training_runs"]
     report.text(
         "**Claim** (SPEC §3 E6): (a) in a random deep conv net LN and GN show a channel-wise "
         "squared-mean share growing with depth, IN shows collapsed instance-statistics "
         "variability, and BN, LN+PN, GN+PN show neither; (b) BN degrades at small batch; GN+PN "
         "and LN+PN match or beat BN and beat GN, LN and IN."
     )
-    power = power_section(report, args, dataset)
-    training = None if args.tiny else training_section(report, args)
+    power_section(report, results["power"], size, dataset)
+    if trained:
+        training_section(report, results["training"], runs)
     report.heading("Result")
-    claims = verdicts(power, training, len(size["seeds"]))
+    claims = verdicts(results)
     report.text(verdict_table(claims))
-    results = {"power": power, "training": training,
-               "verdicts": [dataclasses.asdict(v) for v in claims]}
-    report.save_json("results.json", results)
-    print(f"wrote {report.write()}")
-    return results
+    report_results(report, results, claims)
 
 
 if __name__ == "__main__":
