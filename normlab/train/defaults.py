@@ -28,6 +28,9 @@ DTYPES = ("float32", "bfloat16")
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # K > 1: seeds seed, seed + 1, ..., seed + K - 1 trained in one program (vmap over a
+    # stacked state; normlab.train.seeds), each equal to its own run with that seed
+    c.num_seeds = 1
     # data: `evals` maps a metric prefix to a split (metrics `<prefix>_loss`, `<prefix>_accuracy`)
     c.dataset = "mnist"
     c.data_dir = ""  # archives folder; "" = $NORMLAB_DATA_DIR

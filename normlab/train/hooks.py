@@ -5,6 +5,10 @@ from the tick whether it is due (`tick.due(every)`: a multiple of `every`, or th
 step). Hooks that measure add to `tick.record`, which `WriteMetrics` then writes as one line of
 metrics.jsonl, so a step's train, eval and diagnostic metrics stay together.
 
+With `num_seeds` = K > 1 (`normlab.train.seeds`) a chunk's metrics are (K, steps) arrays and a
+record's values are (K,) arrays, seed i's at index i, or scalars shared by every seed (the
+program's `steps_per_s`); `WriteMetrics` writes seed i's record to workdir/seeds/<i>/.
+
     hooks = default_hooks(run, workdir, progress=True, is_main=True)
     tick = Tick(step, final=step == run.total_steps, stopping=False, metrics=chunk_metrics)
     for hook in hooks:
@@ -27,6 +31,7 @@ from normlab.errors import NonFiniteLossError
 from normlab.train.checkpoint import Checkpointer
 from normlab.train.metrics import MetricWriter, Progress
 from normlab.train.run import SNAPSHOTS, Run
+from normlab.train.seeds import SEEDS
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ class Tick:
     step: int
     final: bool  # the run's last step
     stopping: bool  # SIGINT / SIGTERM arrived: save and leave
-    metrics: dict[str, np.ndarray]  # this chunk's metrics, one value per step
+    metrics: dict[str, np.ndarray]  # this chunk's metrics, one value per step (and seed)
     record: dict[str, float] = field(default_factory=dict)  # this step's metrics.jsonl line
 
     def due(self, every: int) -> bool:
@@ -60,7 +65,8 @@ class Hook(abc.ABC):
 class LogTrainMetrics(Hook):
     """Means of the step metrics since the last log line, the lr, and the throughput; with a
     streamed input also `input_wait_s`, the seconds the loop waited for it since the last line
-    (a warning when that is over half the time: the input is the bottleneck)."""
+    (a warning when that is over half the time: the input is the bottleneck). With several
+    seeds, each seed's means and lr; `examples_per_s` counts every seed's examples."""
 
     def __init__(self, every: int, batch_size: int):
         self.every, self.batch_size = every, batch_size
@@ -73,13 +79,13 @@ class LogTrainMetrics(Hook):
         if not tick.due(self.every):
             return
         merged = {
-            name: np.concatenate([np.atleast_1d(m[name]) for m in self._pending])
+            name: np.concatenate([np.atleast_1d(m[name]) for m in self._pending], axis=-1)
             for name in self._pending[0]
         }
-        tick.record.update({name: float(np.mean(v)) for name, v in merged.items()})
-        tick.record["lr"] = float(merged["lr"][-1])
+        tick.record.update({name: _value(np.mean(v, axis=-1)) for name, v in merged.items()})
+        tick.record["lr"] = _value(merged["lr"][..., -1])
         now = time.perf_counter()
-        tick.record["steps_per_s"] = len(merged["lr"]) / max(now - self._since, 1e-9)
+        tick.record["steps_per_s"] = merged["lr"].shape[-1] / max(now - self._since, 1e-9)
         tick.record["examples_per_s"] = tick.record["steps_per_s"] * self.batch_size
         waited = getattr(run.data, "wait_seconds", None)
         if waited is not None:
@@ -91,6 +97,11 @@ class LogTrainMetrics(Hook):
             self._waited = waited
         self._since = now
         self._pending.clear()
+
+
+def _value(x: np.ndarray) -> float | np.ndarray:
+    """A record value: a float (one seed) or the (K,) per-seed array."""
+    return float(x) if np.ndim(x) == 0 else x
 
 
 class Evaluate(Hook):
@@ -116,17 +127,26 @@ class Diagnose(Hook):
 
 
 class WriteMetrics(Hook):
-    """Writes the tick's record (if any) to metrics.jsonl and TensorBoard."""
+    """Writes the tick's record (if any) to metrics.jsonl and TensorBoard: to the one writer,
+    or seed i's values to the i-th writer of a K-seed run."""
 
-    def __init__(self, writer: MetricWriter):
-        self.writer = writer
+    def __init__(self, writers: list[MetricWriter]):
+        self.writers = writers
 
     def __call__(self, run: Run, tick: Tick) -> None:
-        if tick.record:
-            self.writer.write(tick.step, tick.record)
+        if not tick.record:
+            return
+        if len(self.writers) == 1:
+            self.writers[0].write(tick.step, tick.record)
+            return
+        for i, writer in enumerate(self.writers):
+            writer.write(tick.step, {
+                name: value[i] if np.ndim(value) else value for name, value in tick.record.items()
+            })
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in self.writers:
+            writer.close()
 
 
 @jax.jit
@@ -156,17 +176,21 @@ def _last_good(checkpointer: Checkpointer) -> str:
 
 
 def raise_if_diverged(run: Run, first_step: int, metrics: dict[str, np.ndarray]) -> None:
-    """NonFiniteLossError naming the first step of the chunk whose loss is not finite.
+    """NonFiniteLossError naming the first step of the chunk whose loss is not finite (in any
+    seed: a K-seed run stops as a whole, naming the seeds).
 
     The loss of step s + 1 is that of the state after step s: a non-finite loss in the chunk's
     first step condemns the state saved at its start, if it was saved. That checkpoint is moved
     to `workdir/diverged_checkpoints/` so that the one the message names, and a rerun resumes
     from, is the newest state whose loss was seen finite.
     """
-    finite = np.isfinite(metrics["train_loss"])
-    if np.all(finite):
+    finite_SK = np.isfinite(np.atleast_2d(metrics["train_loss"]))  # (seeds, steps)
+    if np.all(finite_SK):
         return
-    bad = int(np.argmin(finite))
+    bad = int(np.argmin(finite_SK.all(axis=0)))
+    diverged = np.flatnonzero(~finite_SK[:, bad])
+    loss = np.atleast_2d(metrics["train_loss"])[diverged[0], bad]
+    which = f" in seed(s) {diverged.tolist()} of {run.num_seeds}" if run.num_seeds > 1 else ""
     where = ""
     if run.checkpointer is not None:
         run.checkpointer.wait()
@@ -175,8 +199,8 @@ def raise_if_diverged(run: Run, first_step: int, metrics: dict[str, np.ndarray])
             where = f"The checkpoint at step {first_step} diverges: moved to {moved}. "
         where += _last_good(run.checkpointer)
     raise NonFiniteLossError(
-        f"non-finite training loss ({metrics['train_loss'][bad]}) at step {first_step + bad + 1};"
-        f" stopped. {where}"
+        f"non-finite training loss ({loss}) at step {first_step + bad + 1}{which}; stopped. "
+        f"{where}"
     )
 
 
@@ -220,7 +244,8 @@ class ShowProgress(Hook):
         self.bar = Progress(run.total_steps, run.start_step, run.config.batch_size, enabled)
 
     def __call__(self, run: Run, tick: Tick) -> None:
-        self.bar.update(tick.step, f"loss {float(tick.metrics['train_loss'][-1]):.4f}")
+        loss = float(np.mean(tick.metrics["train_loss"][..., -1]))  # several seeds: their mean
+        self.bar.update(tick.step, f"loss {loss:.4f}")
 
     def close(self) -> None:
         self.bar.close()
@@ -230,14 +255,26 @@ def default_hooks(run: Run, workdir: Path, *, progress: bool, is_main: bool) -> 
     """The hooks of `normlab train`, in the order they run after each chunk: measure (train
     metrics, eval, diagnostics), write the record, then save (snapshot, checkpoint)."""
     config = run.config
+    folders = [workdir] if run.num_seeds == 1 else seed_folders(workdir, run.num_seeds)
     hooks: list[Hook] = [
-        LogTrainMetrics(config.log_every_steps, config.batch_size),
+        LogTrainMetrics(config.log_every_steps, config.batch_size * run.num_seeds),
         Evaluate(config.eval_every_steps),
         Diagnose(config.diag_every_steps),
-        WriteMetrics(MetricWriter(workdir, enabled=is_main, resume_step=run.start_step + 1)),
+        WriteMetrics([
+            MetricWriter(folder, enabled=is_main, resume_step=run.start_step + 1)
+            for folder in folders
+        ]),
     ]
     if run.snapshots_at:
         hooks.append(SaveSnapshots(workdir))
     hooks.append(SaveCheckpoints(config.checkpoint_every_steps, run.checkpointer))
     hooks.append(ShowProgress(run, progress and is_main))
     return hooks
+
+
+def seed_folders(workdir: Path, num_seeds: int) -> list[Path]:
+    """workdir/seeds/<i> for every seed of a K-seed run (created)."""
+    folders = [workdir / SEEDS / str(i) for i in range(num_seeds)]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders

@@ -6,6 +6,10 @@
           metrics.jsonl, snapshot, checkpoint, progress: `normlab.train.hooks`)
     → summary.json, built from the whole metrics history (`normlab.train.summary`)
 
+With `num_seeds` = K > 1 the same loop steps K seeds at once (`normlab.train.seeds`): seed i's
+config.json (its single-seed equivalent), metrics.jsonl and summary.json go to
+workdir/seeds/<i>/, and workdir/summary.json summarizes them across seeds.
+
 Nothing is lost: a non-finite loss or state raises `NonFiniteLossError` without saving (the last
 good checkpoint stays, and the message names it); SIGINT or SIGTERM finishes the chunk, saves
 and returns (`normlab.train.signals`); a killed run restarts from its newest readable checkpoint
@@ -30,10 +34,11 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from normlab.train.hooks import Tick, default_hooks, raise_if_diverged
+from normlab.train.hooks import Tick, default_hooks, raise_if_diverged, seed_folders
 from normlab.train.run import build_run
+from normlab.train.seeds import seed_config, seed_values
 from normlab.train.signals import StopSignals
-from normlab.train.summary import summarize
+from normlab.train.summary import across_seeds, summarize
 from normlab.train.validate import validate
 from normlab.train.workdir import WorkdirLock, prepare_workdir
 
@@ -59,6 +64,7 @@ def train(
         run = build_run(config, devices, workdir)  # refuses a config its checkpoints don't fit
         if is_main:
             (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            _write_seed_configs(config, workdir)
         if run.restored_meta is not None:
             log.info("resumed from the checkpoint at step %d", run.start_step)
         hooks = default_hooks(run, workdir, progress=progress, is_main=is_main)
@@ -80,9 +86,31 @@ def train(
             for hook in hooks:
                 hook.close()
             run.close()
-        summary = summarize(
-            workdir, step=step, total_steps=run.total_steps, seconds=time.time() - t_start
-        )
-        if is_main:
-            (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary = _summarize(config, workdir, step, run.total_steps, time.time() - t_start,
+                             is_main)
     return summary
+
+
+def _summarize(config: ConfigDict, workdir: Path, step: int, total_steps: int, seconds: float,
+               is_main: bool) -> dict[str, Any]:
+    """Writes summary.json (and each seed's of a K-seed run) and returns the run's."""
+    kwargs = {"step": step, "total_steps": total_steps, "seconds": seconds}
+    if config.num_seeds == 1:
+        summary = summarize(workdir, **kwargs)
+    else:
+        folders = seed_folders(workdir, config.num_seeds)
+        per_seed = [summarize(folder, **kwargs) for folder in folders]
+        for folder, seed_summary in zip(folders, per_seed, strict=True):
+            (folder / "summary.json").write_text(json.dumps(seed_summary, indent=2))
+        summary = across_seeds(per_seed, seed_values(config))
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_seed_configs(config: ConfigDict, workdir: Path) -> None:
+    """seeds/<i>/config.json of a K-seed run: the single-seed config seed i equals."""
+    if config.num_seeds > 1:
+        for i, folder in enumerate(seed_folders(workdir, config.num_seeds)):
+            (folder / "config.json").write_text(json.dumps(seed_config(config, i).to_dict(),
+                                                           indent=2))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from ml_collections import ConfigDict
 from normlab.data.preprocess import Preprocessor, make_preprocessor
 from normlab.errors import NormlabError
 from normlab.parallel.plan import ParallelPlan
-from normlab.train import inputs
+from normlab.train import inputs, seeds
 from normlab.train.build import build_model, build_tx, frozen_backbone
 from normlab.train.checkpoint import Checkpointer
 from normlab.train.evaluator import make_batch_evaluator, make_diagnostics, make_evaluator
@@ -75,15 +76,24 @@ class Run:
     snapshots_at: frozenset[int]
     checkpointer: Checkpointer | None = None
     restored_meta: dict[str, Any] | None = None  # the checkpoint's metadata, when restored
+    seed_batches: seeds.SeedBatches | None = None  # num_seeds > 1: each seed's batches
     _evaluate: Any = None
     _evaluate_batches: Any = None
     _diagnostics: Any = None
     _canonical: tuple[int, TrainState] | None = field(default=None, repr=False)
 
+    @property
+    def num_seeds(self) -> int:
+        """K: with K > 1 the state has a leading seed axis and every metric and measurement is
+        a (K, ...) array, seed i's at index i (`normlab.train.seeds`)."""
+        return self.config.num_seeds
+
     # ------------------------------------------------------------------ stepping
     def train_chunk(self, step: int, k: int) -> dict[str, np.ndarray]:
-        """Runs steps [step, step + k) (one jitted call); returns each step's metrics (host)."""
-        self.state, metrics = self.chunk(self.state, *self.data.chunk_args(step, k))
+        """Runs steps [step, step + k) (one jitted call); returns each step's metrics (host):
+        (k,) arrays, or (num_seeds, k)."""
+        batches = self.seed_batches or self.data
+        self.state, metrics = self.chunk(self.state, *batches.chunk_args(step, k))
         return jax.device_get(metrics)
 
     def canonical(self) -> TrainState:
@@ -103,14 +113,25 @@ class Run:
                 metrics = self._evaluate_batches(self.canonical(), self.data.eval_batches(split))
             else:
                 (x, y), = self.data.eval_arrays({prefix: split}).values()
-                metrics = self._evaluate(self.canonical(), x, y, self.config.eval_batch_size)
+                batch_size = self.config.eval_batch_size
+                metrics = self._measure(partial(self._evaluate, x=x, y=y, batch_size=batch_size))
             record.update({f"{prefix}_{name}": value for name, value in metrics.items()})
         return record
 
     def diagnostics(self) -> dict[str, float]:
         """Per-layer statistics of pre-activations on a fixed training batch (eval mode)."""
-        diag = jax.device_get(self._diagnostics(self.canonical(), self.data.diag_batch()))
-        return {name: float(value) for name, value in diag.items()}
+
+        def measure(state: TrainState) -> dict[str, float]:
+            diag = jax.device_get(self._diagnostics(state, self.data.diag_batch()))
+            return {name: float(value) for name, value in diag.items()}
+
+        return self._measure(measure)
+
+    def _measure(self, measure: Any) -> dict[str, Any]:
+        """`measure(state) -> {name: float}` of the current state, or of each seed's (K,)."""
+        if self.num_seeds == 1:
+            return measure(self.canonical())
+        return seeds.each_seed(measure, self.canonical(), self.num_seeds)
 
     def close(self) -> None:
         """Stops the input's reader threads (a streamed run); idempotent."""
@@ -165,6 +186,7 @@ def build_run(
     reader = inputs.open_config_split(config, config.train_split)
     pipeline = choose_pipeline(config, reader.image_shape, len(reader))
     _check_stream_preprocessing(config, pipeline, reader)
+    seeds.check_assembly(config, pipeline)
     total_steps = resolve_total_steps(config, len(reader))
     snapshots_at = _snapshot_steps(config, total_steps)
     train_images = train_labels = None
@@ -183,7 +205,14 @@ def build_run(
     rng = jax.random.PRNGKey(config.seed)
 
     def init_fn_for(example_x: np.ndarray):
+        if config.num_seeds > 1:
+            return seeds.stacked_init(model, tx, seeds.seed_values(config), example_x)
         return lambda: init_state(model, tx, rng, example_x)
+
+    def abstract_for(example_x: np.ndarray) -> Any:
+        if config.num_seeds > 1:  # the seed axis replicated (validate: jit over mesh.data only)
+            return seeds.replicated_abstract(init_fn_for(example_x), plan.mesh)
+        return plan.abstract(init_fn_for(example_x), model, example_x)
 
     # ---------------------------------------------------------------- state: restore or init
     checkpointer = None
@@ -195,7 +224,7 @@ def build_run(
         def target(pre_arrays: dict[str, np.ndarray], meta: dict) -> Any:
             found["preprocessor"] = inputs.join_state(pre_arrays, meta["preprocess"])
             example = _example(meta, found["preprocessor"], train_images, config.pad_to)
-            return plan.abstract(init_fn_for(example), model, example)
+            return abstract_for(example)
 
         if step is None:
             restored = checkpointer.restore_latest(target)
@@ -230,6 +259,9 @@ def build_run(
             fresh = jax.jit(init_fn_for(example))()
             fresh = transfer_state(fresh, source, config.init_from.head, tx)
             state = plan.place(fresh, model, run_model, example)
+        elif config.num_seeds > 1:
+            shardings = jax.tree.map(lambda s: s.sharding, abstract_for(example))
+            state = jax.jit(init_fn_for(example), out_shardings=shardings)()
         else:
             state = plan.init(init_fn_for(example), model, run_model, example)
 
@@ -247,7 +279,11 @@ def build_run(
         train_mode=not frozen_backbone(config),
         prepare=data.prepare,
     )
-    chunk = plan.jit_chunk(chunk_body(step_cfg, from_batches=data.per_process), run_model, state)
+    if config.num_seeds > 1:
+        chunk = plan.jit_chunk(seeds.seeds_chunk_body(step_cfg), run_model, state)
+    else:
+        chunk = plan.jit_chunk(chunk_body(step_cfg, from_batches=data.per_process), run_model,
+                               state)
     return Run(
         config=config,
         plan=plan,
@@ -265,6 +301,8 @@ def build_run(
         snapshots_at=snapshots_at,
         checkpointer=checkpointer,
         restored_meta=meta,
+        seed_batches=seeds.SeedBatches(data, seeds.seed_values(config))
+        if config.num_seeds > 1 else None,
         _evaluate=make_evaluator(model, data.prepare),
         _evaluate_batches=make_batch_evaluator(model, data.prepare),
         _diagnostics=make_diagnostics(model, config.model.activation, data.prepare),

@@ -3,7 +3,9 @@
 A saved model is named by a path: a workdir (its newest readable checkpoint), or one saved
 state in it, `<workdir>/checkpoints/<step>` or `<workdir>/snapshots/<step>` (a member of a
 snapshot ensemble, see `normlab.train.optim.snapshot`). It is restored by `build_run` on one
-device, whatever mesh it was trained on.
+device, whatever mesh it was trained on. Seed i of a K-seed run (`num_seeds`) is
+`<workdir>/seeds/<i>`: its slice of the newest checkpoint, as the single-seed run it equals
+(the workdir itself holds K models and is refused, naming that path).
 
     saved = load_saved("runs/bn")                                # newest checkpoint
     members = [load_saved(p) for p in snapshot_paths("runs/snapshot")]
@@ -13,6 +15,7 @@ device, whatever mesh it was trained on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from normlab.data.preprocess import Preprocessor
 from normlab.train import inputs
 from normlab.train.defaults import base_config
 from normlab.train.run import Run, build_run
+from normlab.train.seeds import SEEDS, seed_config, seed_state
 from normlab.train.state import TrainState
 
 FOLDERS = ("checkpoints", "snapshots")
@@ -48,13 +52,16 @@ class SavedModel:
     run: Run  # the run it was restored by (on one device): evaluation, data, preprocessing
 
 
-def _locate(path: Path) -> tuple[Path, str, int | None]:
-    """(workdir, folder, step or None for the newest) of a saved-model path."""
-    if (path / "config.json").is_file():
-        return path, "checkpoints", None
+def _locate(path: Path) -> tuple[Path, str, int | None, int | None]:
+    """(workdir, folder, step or None for the newest, seed index or None) of a saved-model
+    path."""
     parent = path.parent
+    if path.name.isdigit() and parent.name == SEEDS and (parent.parent / "config.json").is_file():
+        return parent.parent, "checkpoints", None, int(path.name)
+    if (path / "config.json").is_file():
+        return path, "checkpoints", None, None
     if path.name.isdigit() and parent.name in FOLDERS and (parent.parent / "config.json").is_file():
-        return parent.parent, parent.name, int(path.name)
+        return parent.parent, parent.name, int(path.name), None
     if not path.exists():
         raise ValueError(f"no such run: {str(path)!r} does not exist")
     raise ValueError(
@@ -97,8 +104,9 @@ def load_saved(path: str | Path) -> SavedModel:
         saved = load_saved("runs/snapshot/snapshots/2000")
     """
     path = Path(path)
-    workdir, folder, step = _locate(path)
+    workdir, folder, step, seed = _locate(path)
     config = saved_config(workdir)
+    _check_seed(workdir, config, seed)
     if not (workdir / folder).is_dir():
         raise ValueError(f"{workdir} has no {folder} (no folder {workdir / folder})")
     run = build_run(
@@ -106,6 +114,12 @@ def load_saved(path: str | Path) -> SavedModel:
         must_restore=True,
     )
     run.checkpointer.close()
+    if seed is not None:  # the single-seed run seed i equals, on its slice of the state
+        config = seed_config(config, seed)
+        run = dataclasses.replace(
+            run, config=_on_one_device(config), state=seed_state(run.state, seed),
+            chunk=None, seed_batches=None, _canonical=None,
+        )
     return SavedModel(
         path=path,
         workdir=workdir,
@@ -118,6 +132,19 @@ def load_saved(path: str | Path) -> SavedModel:
         meta=run.restored_meta,
         run=run,
     )
+
+
+def _check_seed(workdir: Path, config: ml_collections.ConfigDict, seed: int | None) -> None:
+    """ValueError unless `seed` names one of the run's seeds (or the run has one seed)."""
+    k = config.num_seeds
+    if seed is None and k > 1:
+        raise ValueError(
+            f"{workdir} holds {k} seeds (num_seeds={k}, seeds {config.seed}..{config.seed + k - 1}"
+            f") in one checkpoint: name one as {workdir}/{SEEDS}/<i> (i = 0..{k - 1}), e.g. "
+            f"normlab eval --workdir {workdir}/{SEEDS}/0"
+        )
+    if seed is not None and not seed < k:
+        raise ValueError(f"{workdir} has seeds 0..{k - 1} (num_seeds={k}), not seed {seed}")
 
 
 def snapshot_paths(workdir: str | Path) -> list[Path]:

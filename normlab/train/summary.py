@@ -13,10 +13,20 @@ session plus every earlier session recorded in `workdir/sessions.json` (`MetricW
 ones included up to their last record. Sweep reports (`normlab.sweep.collect`) read these keys.
 
     summary = summarize(workdir, step=200, total_steps=200, seconds=31.5)
+
+A K-seed run (`num_seeds`, `normlab.train.seeds`) has one such summary per seed, from
+`workdir/seeds/<i>/`, and `across_seeds` makes the run's own: `final` and `best` are the means
+over the seeds of each seed's final and best (the single-seed keys' meaning, averaged), and a
+`seeds` block holds, per metric, every seed's value with n, mean, sample sd and the half-width
+of the 95% Student-t CI of the mean (`normlab.reports.stats`; seeds without a finite value are
+left out of n).
+
+    summary = across_seeds([summarize(f, ...) for f in seed_folders], seeds=[0, 1, 2])
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,5 +67,37 @@ def summarize(
         "best": best,
         "wall_seconds_this_session": seconds,
         "wall_seconds_total": earlier + seconds,
+        **run_info(),
+    }
+
+
+def _spread(values: list[float | None]) -> dict[str, Any]:
+    """Every seed's value (None: none logged) with n, mean, sd and the 95% CI half-width."""
+    # imported here: normlab.reports imports the training loop (and matplotlib)
+    from normlab.reports import stats
+
+    summary = stats.summarize(values)
+    finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 - JSON has no NaN
+    return {"values": values, "n": summary.n, "mean": finite(summary.mean),
+            "sd": finite(summary.sd), "ci95": finite(summary.ci)}
+
+
+def across_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """The summary of a K-seed run from its seeds' summaries (see the module docstring)."""
+    spread = {}
+    for kind in ("final", "best"):
+        names = list(dict.fromkeys(name for s in per_seed for name in s[kind]))
+        spread[kind] = {name: _spread([s[kind].get(name) for s in per_seed]) for name in names}
+    first = per_seed[0]  # one program: every seed has the same step and wall times
+    return {
+        "finished": all(s["finished"] for s in per_seed),
+        "step": first["step"],
+        "total_steps": first["total_steps"],
+        "final": {name: v["mean"] for name, v in spread["final"].items()},
+        "best": {name: v["mean"] for name, v in spread["best"].items()},
+        "num_seeds": len(seeds),
+        "seeds": {"seed": seeds, **spread},
+        "wall_seconds_this_session": first["wall_seconds_this_session"],
+        "wall_seconds_total": first["wall_seconds_total"],
         **run_info(),
     }

@@ -35,7 +35,7 @@ from normlab.registry import (
     Registry,
 )
 from normlab.train.defaults import DTYPES, base_config
-from normlab.train.optim import build_clipping, build_schedule
+from normlab.train.optim import build_clipping, build_schedule, split_optimizer_options
 from normlab.train.stream_input import PIPELINES
 
 # model field -> (registry of its name, the model field holding that component's kwargs)
@@ -67,6 +67,7 @@ def validate(config: ConfigDict) -> None:
     _check_data(config)
     _check_parallel(config)
     _validate_init_from(config.init_from)
+    _check_seeds(config)
 
 
 def _is_int(value: Any) -> bool:
@@ -146,8 +147,8 @@ def _check_learning(config: ConfigDict) -> None:
             raise ValueError(f"weight_decay.{name} must be a finite number >= 0, got {value!r}")
     _in_range("label_smoothing", config.label_smoothing, 0, 1, high_open=True)
 
-    optimizer = dict(config.optimizer)
-    OPTIMIZERS.build(optimizer.pop("name"), **optimizer)
+    name, options, _ = split_optimizer_options(config.optimizer.to_dict())
+    OPTIMIZERS.build(name, **options)
     schedule = dict(config.schedule)
     warmup = schedule.get("warmup_steps", 0)
     _at_least("schedule.warmup_steps", warmup, 0)
@@ -287,6 +288,35 @@ def _validate_init_from(spec: ConfigDict) -> None:
             "init_from.freeze_backbone=True needs init_from.workdir (the run whose backbone "
             "to freeze)"
         )
+
+
+def _check_seeds(config: ConfigDict) -> None:
+    """`num_seeds` > 1 vmaps one jitted step over a stacked state and the device-held data
+    set (`normlab.train.seeds`): the layouts and starts that program does not have are refused
+    here, naming the field."""
+    _at_least("num_seeds", config.num_seeds, 1)
+    if config.num_seeds == 1:
+        return
+    mesh = config.mesh
+    conflicts = [
+        (config.data.pipeline == "stream", f"data.pipeline={config.data.pipeline!r}",
+         "data.pipeline='device' or 'auto' (the data set held on the devices)"),
+        (config.parallel_mode != "jit", f"parallel_mode={config.parallel_mode!r}",
+         "parallel_mode='jit' (data parallelism over mesh.data)"),
+        (mesh.model != 1, f"mesh.model={mesh.model}", "mesh.model=1 (no tensor parallelism)"),
+        (mesh.stage != 1, f"mesh.stage={mesh.stage}", "mesh.stage=1 (no pipeline)"),
+        (SCHEDULES.get(config.schedule.name) is SCHEDULES.get("snapshot"),
+         f"schedule.name={config.schedule.name!r}",
+         "any other schedule (snapshot ensembles keep one model per cycle)"),
+        (bool(config.init_from.workdir), f"init_from.workdir={config.init_from.workdir!r}",
+         "init_from.workdir='' (every seed starts from its own initialization)"),
+    ]
+    for conflict, field, choices in conflicts:
+        if conflict:
+            raise ValueError(
+                f"num_seeds={config.num_seeds} cannot run with {field}; with num_seeds > 1 use "
+                f"{choices}, or num_seeds=1"
+            )
 
 
 def resolve_total_steps(config: ConfigDict, num_train_examples: int) -> int:
