@@ -1,13 +1,15 @@
-"""The streamed input path end to end: device vs stream give the same steps (CIFAR-10 layout),
-a streamed fake ImageNet trains, resumes exactly and evaluates every validation image once."""
+"""The streamed input path end to end: device vs stream give the same steps (CIFAR-10 layout);
+a streamed fake ImageNet trains, is SIGKILLed after a checkpoint, resumes to an uninterrupted
+run's exact parameters and evaluates every validation image once."""
 
-import json
-import shutil
+import signal
+from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cli_runs import cli, wait_for_checkpoint
 
 from normlab.config import apply_overrides, load_config
 from normlab.data.datasets import prepare
@@ -15,6 +17,7 @@ from normlab.data.fake_imagenet import write_fake_imagenet
 from normlab.train.loop import train
 from normlab.train.metrics import read_metrics
 
+REPO = Path(__file__).resolve().parents[1]
 MLP = "configs/mnist_mlp.py:runlocal"
 
 
@@ -76,11 +79,17 @@ def fake_imagenet(tmp_path_factory):
     return root, fake
 
 
+def _imagenet_overrides(root, *overrides) -> list[str]:
+    return ["log_every_steps=1", "steps_per_call=1", "dataset=imagenet2012",
+            f"tfds_dir={root / 'tfds'}", "data.image_size=32", "batch_size=8",
+            "eval_batch_size=4", "evals.eval=validation", "checkpoint_every_steps=3",
+            "eval_every_steps=6", "total_steps=12", *overrides]
+
+
 def _imagenet_config(root, *overrides):
-    return _config("dataset=imagenet2012", f"tfds_dir={root / 'tfds'}", "data.image_size=32",
-                   "batch_size=8", "eval_batch_size=4", "evals.eval=validation",
-                   "checkpoint_every_steps=3", "eval_every_steps=6", "total_steps=12",
-                   *overrides)
+    c = load_config(MLP)
+    apply_overrides(c, _imagenet_overrides(root, *overrides))
+    return c
 
 
 def _params(workdir, step):
@@ -89,28 +98,32 @@ def _params(workdir, step):
 
 
 @pytest.mark.slow
-def test_streamed_imagenet_resumes_exactly_and_counts_every_image(fake_imagenet, tmp_path):
+def test_sigkilled_streamed_imagenet_resumes_exactly_and_counts_every_image(fake_imagenet,
+                                                                            tmp_path):
     root, fake = fake_imagenet
-    whole = tmp_path / "whole"
-    summary = train(_imagenet_config(root), whole, progress=False)
-    assert summary["finished"]
-    last = read_metrics(whole)[-1]
-    assert last["eval_examples"] == len(fake.validation) == 5
-    assert np.isfinite(last["train_loss"])
-    # a run killed right after its checkpoint at step 6: later checkpoints and records gone
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    for step in (9, 12):
-        shutil.rmtree(cut / "checkpoints" / str(step))
-    lines = (cut / "metrics.jsonl").read_text().splitlines()
-    (cut / "metrics.jsonl").write_text(
-        "".join(line + "\n" for line in lines if json.loads(line)["step"] <= 6))
-    (cut / "summary.json").unlink()
-    train(_imagenet_config(root), cut, progress=False)
-    for a, b in zip(_params(whole, 12), _params(cut, 12), strict=True):
+    # 40 steps after the first checkpoint: the kill lands mid-run (a step takes milliseconds,
+    # the poll 50 ms); one eval, at the end
+    steps = ("total_steps=60", "checkpoint_every_steps=20", "eval_every_steps=60",
+             "log_every_steps=5")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train(_imagenet_config(root, *steps), whole, progress=False)["finished"]
+
+    args = ["train", "--workdir", str(cut), "--config", f"{REPO}/{MLP}", "--no-progress",
+            *(f"--config.{o}" for o in _imagenet_overrides(root, *steps))]
+    victim = cli(args)
+    wait_for_checkpoint(cut, victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (cut / "summary.json").exists()  # really killed mid-run
+    assert read_metrics(cut)[-1]["step"] < 60
+    # the rerun in this process: the same `train` as the CLI's, without a second start-up
+    assert train(_imagenet_config(root, *steps), cut, progress=False)["finished"]
+
+    for a, b in zip(_params(whole, 60), _params(cut, 60), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert [r["train_loss"] for r in read_metrics(cut)] == [
-        r["train_loss"] for r in read_metrics(whole)]
+    records = read_metrics(cut)
+    assert [r["train_loss"] for r in records] == [r["train_loss"] for r in read_metrics(whole)]
+    assert records[-1]["eval_examples"] == len(fake.validation) == 5
 
 
 def test_encoded_images_refuse_the_device_path_and_a_fitted_preprocessing(fake_imagenet,

@@ -1,18 +1,15 @@
 """End to end: train + eval, outputs in the workdir, NaN stop, corrupt checkpoints, kill/resume."""
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cli_runs import cli, wait_for_checkpoint
 
 from normlab.cli import main as cli_main
 from normlab.config import apply_overrides, load_config
@@ -108,19 +105,6 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
     assert [r["step"] for r in read_metrics(tmp_path)][-4:] == [15, 20, 25, 30]
 
 
-def _cli(args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "normlab", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
-
-
 LONG = [
     "--config",
     f"{REPO}/configs/mnist_mlp.py:dataset=digits,norm=batch,runlocal",
@@ -130,30 +114,19 @@ LONG = [
 ]
 
 
-def _wait_for_checkpoint(workdir: Path, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ckpts = workdir / "checkpoints"
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint appeared")
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
-    reference = _cli(["train", "--workdir", str(tmp_path / "ref"), *LONG])
+    reference = cli(["train", "--workdir", str(tmp_path / "ref"), *LONG])
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
-    victim = _cli(["train", "--workdir", str(tmp_path / "run"), *LONG])
-    _wait_for_checkpoint(tmp_path / "run", victim)
+    victim = cli(["train", "--workdir", str(tmp_path / "run"), *LONG])
+    wait_for_checkpoint(tmp_path / "run", victim)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["step"] < 400  # really killed mid-run
 
-    resumed = _cli(["train", "--workdir", str(tmp_path / "run"), *LONG])
+    resumed = cli(["train", "--workdir", str(tmp_path / "run"), *LONG])
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     ref, got = _final_params(tmp_path / "ref"), _final_params(tmp_path / "run")
@@ -167,8 +140,8 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, sig):
     # SIGTERM is what SLURM sends a pre-empted or timed-out job before it kills it
-    proc = _cli(["train", "--workdir", str(tmp_path), *LONG, "--config.total_steps=100000"])
-    _wait_for_checkpoint(tmp_path, proc)
+    proc = cli(["train", "--workdir", str(tmp_path), *LONG, "--config.total_steps=100000"])
+    wait_for_checkpoint(tmp_path, proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
