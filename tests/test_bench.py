@@ -28,6 +28,7 @@ PROVENANCE = {"command", "device", "time_utc", "git_revision", "load_before", "l
 # The quick model run's MLP, wide and batched enough that its matmuls dominate XLA's FLOP count.
 BATCH, IN, WIDTH, CLASSES = 64, 4 * 4 * 3, 64, 10
 MLP = f'{{"depth": 2, "width": {WIDTH}, "activation": "relu"}}'
+NORM_OPS = ["batch", "flax:batch", "group", "group+proxy"]  # BN has its flax peer in the run
 
 
 def _run(tmp_path, *argv):
@@ -43,7 +44,7 @@ def _run(tmp_path, *argv):
 def norm_ops_run(tmp_path_factory):
     # the second shape has 4 channels: G = min(--groups, C) = 4 there
     return _run(tmp_path_factory.mktemp("norm_ops"), "--quick", "--norm-ops",
-                "--shapes", "8x4x4x16,4x2x2x4")
+                "--norms", ",".join(NORM_OPS), "--shapes", "8x4x4x16,4x2x2x4")
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +63,20 @@ def test_quick_norm_ops_rows(norm_ops_run):
     result, _ = norm_ops_run
     assert set(result) >= PROVENANCE
     rows = result["norm_ops"]
-    norms = ["batch", "group", "group+proxy"]
     assert [(r["shape"], r["norm"]) for r in rows] == [
-        (shape, norm) for shape in ([8, 4, 4, 16], [4, 2, 2, 4]) for norm in norms]
-    assert [r["norm_kwargs"].get("num_groups") for r in rows] == [None, 8, 8, None, 4, 4]
+        (shape, norm) for shape in ([8, 4, 4, 16], [4, 2, 2, 4]) for norm in NORM_OPS]
+    assert [r["norm_kwargs"].get("num_groups") for r in rows] == [None, None, 8, 8] + [
+        None, None, 4, 4]
     for r in rows:
         assert r["dtype"] == "float32" and r["activation"] == "relu"
         _ordered(r, "fwd")
         _ordered(r, "fwd_bwd")
-    for r in rows[::3]:  # BN's paired ratio to itself is exactly 1
+        # only BN's flax peer is in the run (flax:group is not)
+        has_peer = r["norm"] == "batch"
+        for mode in ("fwd", "fwd_bwd"):
+            ratio = r[f"{mode}_ratio_to_flax"]
+            assert (ratio is not None and math.isfinite(ratio) and ratio > 0) == has_peer
+    for r in rows[::4]:  # BN's paired ratio to itself is exactly 1
         assert r["fwd_ratio_to_batch"] == r["fwd_bwd_ratio_to_batch"] == 1.0
 
 
@@ -79,19 +85,24 @@ def test_quick_norm_ops_summary_and_targets_follow_the_rows(norm_ops_run):
     rows = result["norm_ops"]
     for entry in result["norm_ops_summary"]:
         mine = [r for r in rows if r["norm"] == entry["norm"]]
-        assert entry["shapes"] == 2
+        assert entry["shapes"] == 2 and entry["dtype"] == "float32"
         for mode in ("fwd", "fwd_bwd"):
             ratios = [r[f"{mode}_ratio_to_batch"] for r in mine]
             assert entry[f"{mode}_ratio_geomean"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]))
             assert entry[f"{mode}_ratio_max"] == max(ratios)
     targets = {t["target"]: t for t in result["targets"]}
     assert set(targets) == {"group fwd+bwd / BN, worst shape",
-                            "group+proxy fwd+bwd / BN, worst shape"}
+                            "group+proxy fwd+bwd / BN, worst shape",
+                            "batch fwd / flax's, worst shape",
+                            "batch fwd+bwd / flax's, worst shape"}
     for norm in ("group", "group+proxy"):
         t = targets[f"{norm} fwd+bwd / BN, worst shape"]
         worst = max(r["fwd_bwd_ratio_to_batch"] for r in rows if r["norm"] == norm)
-        assert t["measured"] == worst and t["threshold"] == 1.3
-        assert t["met"] == (worst <= 1.3)
+        assert t["measured"] == worst and t["threshold"] == 1.15
+        assert t["met"] == (worst <= 1.15)
+    t = targets["batch fwd / flax's, worst shape"]
+    worst = max(r["fwd_ratio_to_flax"] for r in rows if r["norm"] == "batch")
+    assert t["measured"] == worst and t["threshold"] == 1.0 and t["met"] == (worst <= 1.0)
 
 
 def test_quick_norm_ops_table_has_one_line_per_row(norm_ops_run):
@@ -102,10 +113,12 @@ def test_quick_norm_ops_table_has_one_line_per_row(norm_ops_run):
     for line, r in zip(lines, result["norm_ops"], strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
         kw = "".join(f", {k}={v}" for k, v in r["norm_kwargs"].items())
-        assert cells[1] == r["norm"] + kw
-        assert cells[2].startswith(f"{r['fwd_ms']:.3f} [")
-        assert cells[4].startswith(f"{r['fwd_bwd_ms']:.3f} [")
-        assert cells[5] == f"{r['fwd_bwd_ratio_to_batch']:.2f}×"
+        assert cells[1] == "float32" and cells[2] == r["norm"] + kw
+        assert cells[3].startswith(f"{r['fwd_ms']:.3f} [")
+        assert cells[6].startswith(f"{r['fwd_bwd_ms']:.3f} [")
+        assert cells[7] == f"{r['fwd_bwd_ratio_to_batch']:.2f}×"
+        flax = r["fwd_bwd_ratio_to_flax"]
+        assert cells[8] == ("–" if flax is None else f"{flax:.2f}×")
 
 
 def test_quick_models_rows(models_run):

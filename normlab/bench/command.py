@@ -45,7 +45,8 @@ FULL = {  # normlab's CIFAR ResNet-20 config (pre-activation) at batch 128
     "input_chunks": 8,
 }
 MODEL_NORMS = "batch,group,layer,group+proxy"
-TARGETS = {"norm_fwd_bwd": 1.3, "step_gn_pn": 1.15, "pipeline": 1.05, "gpu_bf16_mfu": 0.30}
+TARGETS = {"norm_fwd_bwd": 1.15, "norm_vs_flax": 1.0, "step_gn_pn": 1.15, "pipeline": 1.05,
+           "gpu_bf16_mfu": 0.30}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,11 +180,17 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         met = measured >= threshold if at_least else measured <= threshold
         out.append({"target": name, "measured": measured, "threshold": threshold, "met": met})
 
-    for norm in ("group", "layer", "group+proxy"):
+    for norm in ("group", "layer", "group+proxy", "layer+proxy"):
         ratios = [r["fwd_bwd_ratio_to_batch"] for r in result.get("norm_ops", [])
                   if r["norm"] == norm and r["fwd_bwd_ratio_to_batch"] is not None]
         if ratios:
             add(f"{norm} fwd+bwd / BN, worst shape", max(ratios), TARGETS["norm_fwd_bwd"])
+    for norm in ("batch", "layer"):
+        for mode, name in (("fwd", "fwd"), ("fwd_bwd", "fwd+bwd")):
+            ratios = [r[f"{mode}_ratio_to_flax"] for r in result.get("norm_ops", [])
+                      if r["norm"] == norm and r.get(f"{mode}_ratio_to_flax") is not None]
+            if ratios:
+                add(f"{norm} {name} / flax's, worst shape", max(ratios), TARGETS["norm_vs_flax"])
     for r in result.get("models", []):
         where = f"{r['model']} batch {r['batch']} {r['dtype']}"
         if r["norm"] == "group+proxy" and r["ratio_to_batch"] is not None:

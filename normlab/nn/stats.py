@@ -136,7 +136,11 @@ def _moments(
     x: Array, axes: Axes, axis_name: str | None, axis_index_groups: IndexGroups
 ) -> tuple[Array, Array]:
     mean = _mean(x, axes, axis_name, axis_index_groups)
-    var = _mean(jnp.square(x - mean), axes, axis_name, axis_index_groups)
+    # The barrier keeps this x − μ apart from the normalization's own x − μ: merged (CSE), XLA
+    # writes x − μ to memory for both to read, a pass over x more than the CPU backend's fused
+    # Σ(x − μ)² reduction and the output's multiply-add (measured: BN forward 1.2-2x flax's).
+    var = _mean(jnp.square(x - lax.optimization_barrier(mean)), axes, axis_name,
+                axis_index_groups)
     return mean, var
 
 
@@ -234,10 +238,27 @@ Activation = Callable[[Array], Array] | None
 
 
 def _group_stats(x_NSC: Array, num_groups: int, epsilon: float) -> tuple[Array, Array]:
-    """(μ_g, rsqrt(σ²_g + ε)) per example, broadcast to channels, (N, C): two-pass moments per
-    channel over the positions, combined exactly into groups at the (N, C) size."""
-    mean_N1C, var_N1C = moments(x_NSC, (1,))
-    mean_NC, var_NC = _combine_groups(mean_N1C[:, 0], var_N1C[:, 0], num_groups)
+    """(μ_g, rsqrt(σ²_g + ε)) per example, broadcast to channels, (N, C), two-pass.
+
+    One group (LayerNorm): the moments of each example's S·C values, a free reshape whose long
+    rows XLA:CPU reduces faster than per-channel sums (measured 1.3-2x at C ≥ 64). Otherwise
+    per-channel sums over the positions, grouped at the (N, C) size: μ_g from the channels'
+    means, then σ²_g from the channels' Σ(x − μ_g)². Centering each channel on μ_g, not on its
+    own mean μ_c as the law of total variance would, keeps σ²_g exact when μ_c carries rounding
+    (the total-variance identity holds only for exact μ_c: with mean 1e4 and sd 1e-2 in float32
+    it was off by 2δ_c² ≈ 2% of σ²); it costs the same two passes.
+    """
+    n, positions, channels = x_NSC.shape
+    if num_groups == 1:
+        mean_N1, var_N1 = moments(x_NSC.reshape(n, positions * channels), (1,))
+        mean_NC = jnp.broadcast_to(mean_N1, (n, channels))
+        return mean_NC, jnp.broadcast_to(lax.rsqrt(var_N1 + epsilon), (n, channels))
+    x_NSC = x_NSC.astype(stats_dtype(x_NSC.dtype))
+    mean_NC = _to_channels(_group_mean(jnp.mean(x_NSC, axis=1), num_groups), channels)
+    # the barrier: as in `_moments`, this x − μ_g stays apart from the output's
+    centered = x_NSC - lax.optimization_barrier(mean_NC)[:, None]
+    var_NC = _to_channels(_group_mean(jnp.mean(jnp.square(centered), axis=1), num_groups),
+                          channels)
     return mean_NC, lax.rsqrt(var_NC + epsilon)
 
 
