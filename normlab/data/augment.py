@@ -4,6 +4,7 @@ Every augmentation is a pure function `name(x_NHWC, *, key, **options)` with its
 per example (per batch for mixup). Each is split into two public halves so the randomness is
 observable: `*_params(key, ...)` makes the draws and `apply_*(x, draws, ...)` is the
 deterministic transform, and `random_*(x, key=key) == apply_*(x, *_params(key, ...))`.
+The `POSITIONAL` ones (alternating flip) also take each example's index and the step.
 
     key_flip, key_crop = jax.random.split(key)
     x = random_flip(x_NHWC, key=key_flip)
@@ -63,6 +64,58 @@ def random_flip(x: jax.Array, *, key: jax.Array, p: float = 0.5) -> jax.Array:
     return apply_flip(x, flip_params(key, x.shape[0], p))
 
 
+# ------------------------------------------------------------------------ alternating flip
+
+# Augmentations that read where an example is in training (its index in the training split and
+# the step), not only a random key: `normlab.train.step.augment_batch` passes them `example_ids`
+# and `step`.
+POSITIONAL = frozenset({"alternating_flip"})
+
+
+def alternating_flip_params(
+    example_ids_N: jax.Array, step: jax.Array, steps_per_epoch: int, seed: int = 0
+) -> jax.Array:
+    """Flip flags, bool (N,): flip_n = ((epoch + b_n) mod 2 = 1), epoch = ⌊step/steps_per_epoch⌋,
+    b_n ∈ {0, 1} a fair coin fixed per example (drawn from `seed` and the example's id alone).
+
+    So every example is flipped in exactly every other epoch (half of them in the even epochs,
+    half in the odd ones), instead of in a random half of them: Keller Jordan's airbench
+    "alternating flip", which sees both orientations of each image in any two consecutive
+    epochs. `alternating_flip_params(ids_N, step=430, steps_per_epoch=43)`.
+    """
+    if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ValueError(
+            f"alternating_flip: steps_per_epoch must be an int >= 1 (training examples // "
+            f"batch size), got steps_per_epoch={steps_per_epoch!r}"
+        )
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"alternating_flip: seed must be an int >= 0, got seed={seed!r}")
+    base = jax.random.key(seed)
+    coin_N = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(base, i)))(example_ids_N)
+    epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
+    return (coin_N.astype(jnp.int32) + epoch) % 2 == 1
+
+
+@AUGMENTATIONS.register("alternating_flip")
+def alternating_flip(
+    x: jax.Array,
+    *,
+    key: jax.Array,
+    example_ids: jax.Array,
+    step: jax.Array,
+    steps_per_epoch: int = 0,
+    seed: int = 0,
+) -> jax.Array:
+    """Horizontal flip of each image in exactly every other epoch (`alternating_flip_params`);
+    `example_ids` are the images' indices in the training split, `step` the training step.
+
+        x = alternating_flip(x_NHWC, key=key, example_ids=idx_N, step=step, steps_per_epoch=43)
+    """
+    del key  # the flips are a function of the example and the epoch, not of the step's draw
+    _check_images("alternating_flip", x)
+    return apply_flip(x, alternating_flip_params(example_ids, step, steps_per_epoch, seed))
+
+
 # ------------------------------------------------------------------------------- crop
 
 
@@ -73,16 +126,27 @@ def crop_params(key: jax.Array, batch: int, pad: int = 4) -> jax.Array:
     return jax.random.randint(key, (batch, 2), 0, 2 * pad + 1, dtype=jnp.int32)
 
 
-def apply_crop(x: jax.Array, offsets_N2: jax.Array, pad: int = 4) -> jax.Array:
-    """Zero-pad by `pad` on every side, then cut the original size at the offsets:
+# How `crop` fills the border: with zeros, or with the image mirrored about its edge pixels
+# (np.pad's "reflect": no blank strip, which the speed trainers' 2-pixel translations use).
+CROP_FILLS = ("zeros", "reflect")
+
+
+def apply_crop(
+    x: jax.Array, offsets_N2: jax.Array, pad: int = 4, fill: str = "zeros"
+) -> jax.Array:
+    """Pad by `pad` on every side, then cut the original size at the offsets:
     y[n, h, w] = x_padded[n, h + dy_n, w + dx_n], x_padded[n, h, w] = x[n, h − pad, w − pad]
-    inside the image and 0 outside.
+    inside the image and, outside it, 0 (`fill="zeros"`) or the pixel mirrored about the edge
+    (`fill="reflect"`: x_padded[n, −1] = x[n, 1]; needs pad < H and pad < W).
     """
     _check_images("apply_crop", x)
     if not isinstance(pad, int) or pad < 0:
         raise ValueError(f"apply_crop: pad must be an int >= 0, got pad={pad!r}")
+    if fill not in CROP_FILLS:
+        raise ValueError(f"crop: unknown fill {fill!r}; valid: {', '.join(CROP_FILLS)}")
     _, h, w, c = x.shape
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    mode = "constant" if fill == "zeros" else "reflect"
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
 
     def crop_one(image_HWC: jax.Array, offset_2: jax.Array) -> jax.Array:
         return jax.lax.dynamic_slice(image_HWC, (offset_2[0], offset_2[1], 0), (h, w, c))
@@ -91,13 +155,17 @@ def apply_crop(x: jax.Array, offsets_N2: jax.Array, pad: int = 4) -> jax.Array:
 
 
 @AUGMENTATIONS.register("crop")
-def random_crop(x: jax.Array, *, key: jax.Array, pad: int = 4) -> jax.Array:
-    """Random translation by up to ±pad pixels with zero fill (the CIFAR "pad 4 and crop 32").
+def random_crop(
+    x: jax.Array, *, key: jax.Array, pad: int = 4, fill: str = "zeros"
+) -> jax.Array:
+    """Random translation by up to ±pad pixels with zero (or mirrored, `fill="reflect"`) fill:
+    the CIFAR "pad 4 and crop 32".
 
         x = random_crop(x_NHWC, key=jax.random.key(0), pad=4)
+        x = random_crop(x_NHWC, key=jax.random.key(0), pad=2, fill="reflect")
     """
     _check_images("random_crop", x)
-    return apply_crop(x, crop_params(key, x.shape[0], pad), pad)
+    return apply_crop(x, crop_params(key, x.shape[0], pad), pad, fill)
 
 
 # ------------------------------------------------------------------------- brightness

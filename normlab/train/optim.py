@@ -12,16 +12,26 @@ optimizer can be combined with any schedule, clipping and decoupled decay:
 Schedules (t = step after warm-up, T = total steps after warm-up, η = base_lr):
   constant η · step η·factor^⌊t/every⌋ · exponential η·rate^(t/every) · inverse_time η/(1+k·t)
   · cosine η·(α + (1−α)·½(1+cos(πt/T))) · snapshot (alias cyclic_cosine)
-  η/2·(cos(π·mod(t, c)/c) + 1) with c = ⌈T/M⌉ for M = num_snapshots cycles. `warmup_steps` > 0
-  prepends a linear ramp from 0 to η.
+  η/2·(cos(π·mod(t, c)/c) + 1) with c = ⌈T/M⌉ for M = num_snapshots cycles · triangular
+  (piecewise linear, the speed trainers') η·lerp(start, 1, t/P) up to P = ⌊peak·T⌉, then
+  η·lerp(1, end, (t − P)/(T − P)). `warmup_steps` > 0 prepends a linear ramp from 0 to η.
+
+Two options of `optimizer` apply to every optimizer (`OPTIMIZER_WRAPPERS`):
+  * `norm_bias_lr`: the offsets β of the norms ("bias" leaves under a "norm" module) take
+    lr × norm_bias_lr (airbench's separate, 64× larger, BatchNorm-bias learning rate);
+  * `lookahead` = {"every": k, "alpha": a, "power": p}: Lookahead (Zhang et al. 2019) with an
+    averaging weight that grows through training, as in airbench: every k steps the slow
+    weights become s ← α_t·s + (1 − α_t)·w and the weights are reset to them, α_t =
+    a·(t/T)^p; at the last step T the weights are set to s. `every` 0 (or no `lookahead`): off.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -90,6 +100,28 @@ def snapshot(
     of c = ⌈T/M⌉ steps: η/2·(cos(π·mod(t, c)/c) + 1). The training loop saves the model at the
     end of every cycle (`snapshot_steps`) under workdir/snapshots/<step>."""
     return snapshot_schedule(total_steps, num_snapshots, base_lr)[0]
+
+
+@SCHEDULES.register("triangular")
+def triangular(
+    base_lr: float, total_steps: int, peak: float = 0.23, start: float = 0.2, end: float = 0.07
+) -> Schedule:
+    """Piecewise linear: from η·start up to η at step P = round(peak·T), then down to η·end at T
+    (the schedule of Page's DAWNBench net and airbench: peak 0.23, start 0.2, end 0.07)."""
+    if not 0 <= peak <= 1 or start < 0 or end < 0:
+        raise ValueError(
+            f"triangular schedule: need 0 <= peak <= 1, start >= 0 and end >= 0, got "
+            f"peak={peak}, start={start}, end={end}"
+        )
+    rise = max(round(peak * total_steps), 1)
+    fall = max(total_steps - rise, 1)
+
+    def lr(t):
+        up = start + (1 - start) * jnp.minimum(t, rise) / rise
+        down = 1 + (end - 1) * jnp.clip(t - rise, 0, fall) / fall
+        return base_lr * jnp.where(t < rise, up, down)
+
+    return lr
 
 
 def snapshot_steps(schedule: Mapping[str, Any], total_steps: int) -> list[int]:
@@ -195,21 +227,120 @@ def build_optimizer(
     decay_mask: Any = None,
 ) -> tuple[optax.GradientTransformation, Schedule]:
     """The optax transformation and its learning-rate function, from name-keyed dicts."""
-    opt_kwargs = {k: v for k, v in optimizer.items() if k != "name"}
+    name, opt_kwargs, wrappers = split_optimizer_options(optimizer)
     sched_kwargs = {k: v for k, v in schedule.items() if k != "name"}
     lr_fn = build_schedule(schedule["name"], base_lr, total_steps, **sched_kwargs)
     clip = dict(clip or {"name": "none"})
     if "decay_mask" in opt_kwargs:
         raise ValueError("optimizer.decay_mask is not a config field: decay is on kernels only")
-    if "decay_mask" in inspect.signature(OPTIMIZERS.get(optimizer["name"])).parameters:
+    if "decay_mask" in inspect.signature(OPTIMIZERS.get(name)).parameters:
         opt_kwargs["decay_mask"] = decay_mask  # an optimizer with its own decay (adamw)
     parts = [
         build_clipping(clip.pop("name"), **clip),
-        OPTIMIZERS.build(optimizer["name"], **opt_kwargs),
+        OPTIMIZERS.build(name, **opt_kwargs),
     ]
     if decoupled_weight_decay < 0:
         raise ValueError(f"decoupled_weight_decay must be >= 0, got {decoupled_weight_decay}")
     if decoupled_weight_decay > 0:
         parts.append(optax.add_decayed_weights(decoupled_weight_decay, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(lr_fn))
-    return optax.chain(*parts), lr_fn
+    if wrappers["norm_bias_lr"] != 1:
+        # after the lr: the update of a β is −lr·scale·direction, as with its own lr
+        parts.append(optax.masked(optax.scale(wrappers["norm_bias_lr"]), norm_bias_mask))
+    tx = optax.chain(*parts)
+    if wrappers["lookahead"].get("every", 0):
+        tx = lookahead(tx, total_steps=total_steps, **wrappers["lookahead"])
+    return tx, lr_fn
+
+
+# options of `optimizer` that every optimizer takes (the module docstring), with their defaults
+OPTIMIZER_WRAPPERS: dict[str, Any] = {"norm_bias_lr": 1.0, "lookahead": {}}
+LOOKAHEAD_OPTIONS = ("every", "alpha", "power")
+
+
+def split_optimizer_options(optimizer: Mapping[str, Any]) -> tuple[str, dict, dict]:
+    """(name, the optimizer's own options, `OPTIMIZER_WRAPPERS` options) of an `optimizer`
+    config dict; ValueError for a bad wrapper option (the optimizer's own are checked by
+    `OPTIMIZERS.build`).
+
+        split_optimizer_options({"name": "nesterov", "momentum": 0.85, "norm_bias_lr": 64.0})
+        # ("nesterov", {"momentum": 0.85}, {"norm_bias_lr": 64.0, "lookahead": {}})
+    """
+    options = {k: v for k, v in dict(optimizer).items() if k != "name"}
+    wrappers = {k: options.pop(k, default) for k, default in OPTIMIZER_WRAPPERS.items()}
+    scale = wrappers["norm_bias_lr"]
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise ValueError(f"optimizer.norm_bias_lr must be a number > 0, got {scale!r}")
+    look = dict(wrappers["lookahead"] or {})
+    if unknown := sorted(set(look) - set(LOOKAHEAD_OPTIONS)):
+        raise ValueError(f"optimizer.lookahead: unknown option(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(LOOKAHEAD_OPTIONS)}")
+    every = look.get("every", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(f"optimizer.lookahead.every must be an int >= 0 (0: off), got {every!r}")
+    if not 0 <= look.get("alpha", 0.5) <= 1 or not look.get("power", 0.0) >= 0:
+        raise ValueError(f"optimizer.lookahead: need 0 <= alpha <= 1 and power >= 0, got {look}")
+    wrappers["lookahead"] = look
+    return optimizer["name"], options, wrappers
+
+
+def norm_bias_mask(params: Any) -> Any:
+    """Pytree of bools like `params`: True for the offsets β of norm layers, the leaves named
+    "bias" inside a module named "norm" (`normlab.nn.norm_act.NormAct`'s norm)."""
+
+    def is_norm_bias(path, _) -> bool:
+        keys = [getattr(k, "key", None) for k in path]
+        return keys[-1] == "bias" and "norm" in keys[:-1]
+
+    return jax.tree_util.tree_map_with_path(is_norm_bias, params)
+
+
+class LookaheadState(NamedTuple):
+    """`lookahead`'s state: steps taken, the slow weights and the inner optimizer's state."""
+
+    count: jax.Array
+    slow: Any
+    inner: Any
+
+
+def lookahead(
+    inner: optax.GradientTransformation,
+    *,
+    total_steps: int,
+    every: int = 5,
+    alpha: float = 0.5,
+    power: float = 0.0,
+) -> optax.GradientTransformation:
+    """Lookahead around `inner` (whose updates are the final ones, −lr·direction): after step t
+    (counted from 1) with t mod `every` = 0, s ← α_t·s + (1 − α_t)·w and w ← s, with
+    α_t = alpha·(t/T)^power the weight of the slow weights (Zhang et al.'s k = every, their
+    α = 1 − α_t); after step T, w ← s. The slow weights s start as the params and
+    live in the optimizer state, so they are checkpointed and resumed with it.
+
+        tx = lookahead(optax.sgd(0.1, momentum=0.9), total_steps=1000, every=5,
+                       alpha=0.95**5, power=3)      # airbench's schedule of the EMA weight
+    """
+    total = max(int(total_steps), 1)
+
+    def init(params):
+        return LookaheadState(jnp.zeros((), jnp.int32), params, inner.init(params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("lookahead needs the params in update(updates, state, params)")
+        step_updates, inner_state = inner.update(updates, state.inner, params)
+        count = state.count + 1
+        done = count >= total
+        sync = (count % every == 0) | done
+        weight = jnp.where(done, 1.0, alpha * (count / total) ** power)
+
+        slow = jax.tree.map(
+            lambda u, s, w: jnp.where(sync, weight * s + (1 - weight) * (w + u), s).astype(s.dtype),
+            step_updates, state.slow, params,
+        )
+        new_updates = jax.tree.map(
+            lambda u, s, w: jnp.where(sync, s - w, u).astype(u.dtype), step_updates, slow, params
+        )
+        return new_updates, LookaheadState(count, slow, inner_state)
+
+    return optax.GradientTransformation(init, update)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from normlab.data.augment import POSITIONAL
 from normlab.nn.losses import softmax_cross_entropy
 from normlab.nn.penalties import default_decay_mask, l1_penalty, l2_penalty
 from normlab.nn.proxy import proxy_weight_decay
@@ -63,13 +64,28 @@ def augment_batch(
     x: jax.Array,
     y: jax.Array,
     augment: Mapping[str, Mapping[str, Any]],
+    *,
+    example_ids: jax.Array | None = None,
+    step: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Applies the named augmentations in order; `mixup` also mixes the (soft) targets y."""
+    """Applies the named augmentations in order; `mixup` also mixes the (soft) targets y.
+
+    The `POSITIONAL` ones (alternating flip) also get `example_ids` (each row's index in the
+    training split) and `step`; only the device-resident data path knows the indices.
+    """
     for index, (name, kwargs) in enumerate(augment.items()):
         fn = AUGMENTATIONS.get(name)
         sub = jax.random.fold_in(key, index)
         if name == "mixup":
             x, y = fn(x, y, key=sub, **kwargs)
+        elif name in POSITIONAL:
+            if example_ids is None or step is None:
+                raise ValueError(
+                    f"augmentation {name!r} needs each example's index in the training split, "
+                    "which only the device-resident input of one process sends: use "
+                    "data.pipeline='device' on one process, or another augmentation"
+                )
+            x = fn(x, key=sub, example_ids=example_ids, step=step, **kwargs)
         else:
             x = fn(x, key=sub, **kwargs)
     return x, y
@@ -88,9 +104,16 @@ def _loss_terms(cfg: StepConfig, params: Any, logits: jax.Array, targets: jax.Ar
 
 
 def train_step(
-    cfg: StepConfig, state: TrainState, x: jax.Array, labels: jax.Array
+    cfg: StepConfig,
+    state: TrainState,
+    x: jax.Array,
+    labels: jax.Array,
+    example_ids: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD-family step on the batch (x, labels); returns the new state and its metrics."""
+    """One SGD-family step on the batch (x, labels); returns the new state and its metrics.
+
+    `example_ids`: the rows' indices in the training split (for `POSITIONAL` augmentations).
+    """
     step_rng = jax.random.fold_in(state.rng, state.step)
     if cfg.axis_name is not None:  # each device augments and drops out its own examples
         step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(cfg.axis_name))
@@ -98,7 +121,9 @@ def train_step(
     if cfg.prepare is not None:
         x = cfg.prepare(x)
     targets = jax.nn.one_hot(labels, cfg.num_classes, dtype=jnp.float32)
-    x, targets = augment_batch(aug_rng, x, targets, cfg.augment)
+    x, targets = augment_batch(
+        aug_rng, x, targets, cfg.augment, example_ids=example_ids, step=state.step
+    )
     if cfg.batch_sharding is not None:
         x = jax.lax.with_sharding_constraint(x, cfg.batch_sharding)
 
@@ -161,7 +186,7 @@ def train_chunk_from_indices(
     """K steps on a device-resident data set; row k of `indices_KB` is step k's batch."""
 
     def body(state, idx_B):
-        return train_step(cfg, state, jnp.take(images, idx_B, axis=0), labels[idx_B])
+        return train_step(cfg, state, jnp.take(images, idx_B, axis=0), labels[idx_B], idx_B)
 
     return _scan_steps(body, state, indices_KB)
 
