@@ -37,16 +37,20 @@ from normlab.nn.dropout import Dropout, linear_depth_rates
 from normlab.reports import (
     Report,
     RunResult,
+    Verdict,
     choose_lr,
     describe_runs,
     final_metric,
+    fmt,
     fmt_mean_ci,
     new_figure,
     plot_curves,
     run_training,
     summarize,
+    verdict_table,
+    welch_test,
 )
-from normlab.reports.experiment import parse_experiment_args
+from normlab.reports.experiment import load_results, parse_experiment_args, report_results
 from normlab.train import inputs
 from normlab.train.saved import load_saved
 
@@ -171,9 +175,18 @@ def _seed_stats(runs: Sequence[RunResult]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs E7 and writes the report; returns the key numbers."""
+    """Runs E7 (or, with --report-only, reads its results.json) and writes the report; returns
+    the results."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E7: regularization in a small-data regime", args.out, command=args.command)
+    results, runs = (load_results(args.out), None) if args.report_only else collect(args)
+    write_report(report, results, runs)
+    return results
+
+
+def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains E7's runs and checks the dropout forms; (the numbers the report shows, the runs
+    behind its figures)."""
     grid, seeds = (TINY_GRID, TINY_SEEDS) if args.tiny else (GRID, SEEDS)
     data = ",dataset=digits,train_size=300,steps=300,width=128" if args.tiny else ""
 
@@ -191,25 +204,58 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # a ResNet compiles for ~15 s on a CPU: the tiny version leaves this part out
     resnet = {} if args.tiny else {m: _run(args, f"resnet_{m}", f"net=resnet,method={m}")
                                    for m in ("baseline", "stochastic_depth")}
-    check = dropout_check(tried[("dropout", chosen["dropout"])], MASKS,
-                          64 if args.tiny else CHECK_IMAGES)
-
     all_runs = [*tried.values(), *(r for rs in per_seed.values() for r in rs[1:]),
                 baseline[0], *resnet.values()]
+    results: dict[str, Any] = {"tiny": args.tiny, "seeds": list(seeds), "methods": {},
+                               "grid": {}, "chosen": chosen,
+                               "training_runs": describe_runs(all_runs)}
+    base = _seed_stats(baseline)
+    for m, runs in per_seed.items():
+        stats = _seed_stats(runs)
+        d_gap = (None if stats["mean"]["gap"] is None or base["mean"]["gap"] is None
+                 else stats["mean"]["gap"] - base["mean"]["gap"])
+        d_test = (None if stats["mean"]["test"] is None or base["mean"]["test"] is None
+                  else stats["mean"]["test"] - base["mean"]["test"])
+        results["methods"][m] = {**stats, "delta_gap": d_gap, "delta_test": d_test,
+                                 "strength": chosen.get(m)}
+    for (m, v), run in tried.items():
+        results["grid"][f"{m}={v:g}"] = {
+            **{k: final_metric(run, f"{split}_accuracy")
+               for k, split in (("train", "fit"), ("val", "val"), ("test", "test"))},
+            "gap": gap(run)}
+    for m, run in resnet.items():
+        results[f"resnet_{m}"] = {
+            "train": final_metric(run, "fit_accuracy"), "val": final_metric(run, "val_accuracy"),
+            "test": final_metric(run, "test_accuracy"), "gap": gap(run),
+            "rate": json.loads((run.workdir / "config.json").read_text())["model"].get(
+                "stochastic_depth_rate", 0.0)}
+    results["dropout_check"] = dropout_check(tried[("dropout", chosen["dropout"])], MASKS,
+                                             64 if args.tiny else CHECK_IMAGES)
+    return results, {"per_seed": per_seed, "resnet": resnet}
+
+
+def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> None:
+    """The report from `results` alone; the training curves drawn from `runs` (None:
+    --report-only, the committed figures are embedded)."""
+    tiny = results.get("tiny", False)
+    # results from before the seeds were stored: as many as each method's values
+    seeds = results.get("seeds", list(range(len(results["methods"]["baseline"]["test"]))))
+    chosen = results["chosen"]
     report.facts.update({
         "data": "digits (tiny): train on train[:300], val = test = the 297 test images"
-                if args.tiny else "Fashion-MNIST: train on train[:5000], validation "
+                if tiny else "Fashion-MNIST: train on train[:5000], validation "
                 "train[55000:] (5,000), test = the 10,000 test images",
-        "nets": f"MLP 2 × {128 if args.tiny else 512} ReLU, SGD momentum 0.9, lr 0.05, cosine, "
+        "nets": f"MLP 2 × {128 if tiny else 512} ReLU, SGD momentum 0.9, lr 0.05, cosine, "
                 "batch 128, "
-                + ("300 steps" if args.tiny else "2,500 steps (64 epochs)")
-                + ("" if args.tiny else "; ResNet: pre-activation, 3 basic blocks (16/32/64 "
+                + ("300 steps" if tiny else "2,500 steps (64 epochs)")
+                + ("" if tiny else "; ResNet: pre-activation, 3 basic blocks (16/32/64 "
                    "channels), BN, ImageNet stem, lr 0.1, 1,200 steps (31 epochs)"),
         "config": CONFIG,
         "seeds": f"{len(seeds)} per reported setting ({', '.join(map(str, seeds))}); the "
                  "strength grid and the ResNet: seed 0",
-        "training runs": describe_runs(all_runs),
     })
+    if results.get("training_runs"):
+        report.facts["training runs"] = results["training_runs"]
     report.text(
         "**Claim** (SPEC §3 E7): in a small-data regime dropout, L2, DropConnect, stochastic "
         "depth, cutout, mixup and augmentation reduce the train/test gap; label smoothing is "
@@ -221,39 +267,52 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "accuracy (seed 0); the chosen one and the baseline are then run with every seed and "
         "reported as mean ± 95% CI (Student t; n = the number of seeds)."
     )
+    if "backfilled" in results:
+        report.text(f"({results['backfilled']}.)")
 
     report.heading("MLP: train/test accuracy and gap per regularizer")
-    rows, summary = [], {"methods": {}, "grid": {}, "chosen": chosen}
-    base = _seed_stats(baseline)
-    for m, runs in per_seed.items():
-        stats = _seed_stats(runs)
-        d_gap = (None if stats["mean"]["gap"] is None or base["mean"]["gap"] is None
-                 else stats["mean"]["gap"] - base["mean"]["gap"])
-        d_test = (None if stats["mean"]["test"] is None or base["mean"]["test"] is None
-                  else stats["mean"]["test"] - base["mean"]["test"])
-        rows.append([LABELS[m], "—" if m == "baseline" else f"{chosen[m]:g}",
-                     *(fmt_mean_ci(stats[k], ".4f", show_n=False)
-                       for k in ("train", "test", "gap")), d_gap, d_test,
-                     fmt_mean_ci(stats["val"], ".4f", show_n=False)])
-        summary["methods"][m] = {**stats, "delta_gap": d_gap, "delta_test": d_test,
-                                 "strength": chosen.get(m)}
+    base = results["methods"]["baseline"]
+    rows = [[LABELS[m], "—" if m == "baseline" else f"{chosen[m]:g}",
+             *(fmt_mean_ci(st[k], ".4f", show_n=False) for k in ("train", "test", "gap")),
+             st["delta_gap"], st["delta_test"],
+             "—" if m == "baseline" or len(seeds) < 2 else fmt(welch_test(st["test"],
+                                                                          base["test"]).p, ".2g"),
+             fmt_mean_ci(st["val"], ".4f", show_n=False)]
+            for m, st in results["methods"].items()]
     n = f" (95% CI, n={len(seeds)})"
     report.table(["method", "strength", f"train acc{n}", f"test acc{n}", f"gap{n}",
-                  "Δ gap vs baseline", "Δ test vs baseline", f"val acc{n}"], rows, spec="+.4f")
+                  "Δ gap vs baseline", "Δ test vs baseline", "Welch p (Δ test)", f"val acc{n}"],
+                 rows, spec="+.4f")
     report.text("Δ columns: mean over seeds minus the baseline's mean (negative Δ gap = a "
-                "smaller gap).")
+                "smaller gap); Welch p: two-sided, of the test accuracies against the "
+                "baseline's.")
 
     report.heading("Strength grid (seed 0)", level=3)
     rows = []
-    for (m, v), run in tried.items():
-        cell = {k: final_metric(run, f"{split}_accuracy")
-                for k, split in (("train", "fit"), ("val", "val"), ("test", "test"))}
-        summary["grid"][f"{m}={v:g}"] = {**cell, "gap": gap(run)}
-        rows.append([LABELS[m], f"{v:g}" + (" ←" if chosen[m] == v else ""), *cell.values(),
-                     gap(run)])
+    for key, cell in results["grid"].items():
+        m, v = key.split("=")
+        rows.append([LABELS[m], v + (" ←" if f"{chosen[m]:g}" == v else ""), cell["train"],
+                     cell["val"], cell["test"], cell["gap"]])
     report.table(["method", "strength (← chosen)", "train acc", "val acc", "test acc", "gap"],
                  rows, spec=".4f")
+    caption = ("MLP on the small training set: train and test accuracy over training (seed 0, "
+               "chosen strength), final gap and test error")
+    if runs is None:
+        report.existing_figure("regularizers.png", caption)
+    else:
+        report.figure(_regularizers_figure(results, runs["per_seed"]), "regularizers.png",
+                      caption)
+    if "resnet_baseline" in results:
+        _resnet_section(report, results, runs)
+    _dropout_section(report, results["dropout_check"])
+    report.heading("Result")
+    report.text(_verdict(results))
+    claims = verdicts(results)
+    report.text(verdict_table(claims))
+    report_results(report, results, claims)
 
+
+def _regularizers_figure(results: dict[str, Any], per_seed: dict[str, list[RunResult]]):
     fig, axes = new_figure(3)
     firsts = {LABELS[m]: runs[0] for m, runs in per_seed.items()}
     plot_curves(axes[0], {k: r.series("fit_accuracy") for k, r in firsts.items()},
@@ -261,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_curves(axes[1], {k: r.series("test_accuracy") for k, r in firsts.items()},
                 xlabel="step", ylabel="test accuracy")
     names = list(per_seed)
-    gaps = [summary["methods"][m]["mean"]["gap"] or np.nan for m in names]
-    tests = [summary["methods"][m]["mean"]["test"] or np.nan for m in names]
+    gaps = [results["methods"][m]["mean"]["gap"] or np.nan for m in names]
+    tests = [results["methods"][m]["mean"]["test"] or np.nan for m in names]
     pos = np.arange(len(names))
     axes[2].barh(pos - 0.2, gaps, height=0.4, label="gap (train − test)")
     axes[2].barh(pos + 0.2, 1.0 - np.asarray(tests), height=0.4, label="test error")
@@ -273,12 +332,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     axes[2].grid(True, axis="x", alpha=0.3)
     for ax in axes[:2]:
         ax.legend(fontsize="x-small")
-    report.figure(fig, "regularizers.png", "MLP on the small training set: train and test "
-                  "accuracy over training (seed 0, chosen strength), final gap and test error")
+    return fig
 
-    if resnet:
-        _resnet_section(report, resnet, summary)
 
+def _dropout_section(report: Report, check: dict[str, Any]) -> None:
     report.heading("Inverted vs classic dropout at test time")
     report.text(
         f"The dropout MLP of the table (rate {check['rate']:g}, seed 0) is converted to the "
@@ -304,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "\"max |logit − library eval|\": the hand-written forward pass (normlab's `Dropout` in "
         "each mode) against the library MLP in eval mode, i.e. the converted classic net is the "
         "same function at test time; between the two forms' test-time logits the largest "
-        f"difference is {check['max_abs_diff_inverted_vs_classic_eval']:.2g}. \"rel. error\": "
-        "‖mean over masks − test-time logits‖ / ‖test-time logits‖."
+        f"difference is {check['max_abs_diff_inverted_vs_classic_eval']:.2g} (float32 "
+        "rounding of an algebraic identity: a check of the conversion, not a measurement). "
+        "\"rel. error\": ‖mean over masks − test-time logits‖ / ‖test-time logits‖."
     )
     fig, axes = new_figure(1)
     curves, styles = {}, {}
@@ -322,39 +380,69 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     axes[0].set_xscale("log", base=2)
     report.figure(fig, "dropout_expectation.png", "Mean train-mode logits over K masks vs the "
                   "test-time logits, inverted and classic dropout (the two forms coincide)")
-    summary["dropout_check"] = check
-
-    report.heading("Result")
-    report.text(_verdict(summary))
-    report.save_json("results.json", summary)
-    print(f"wrote {report.write()}")
-    return summary
 
 
-def _resnet_section(report: Report, resnet: dict[str, RunResult], summary: dict) -> None:
+def _resnet_section(report: Report, results: dict[str, Any], runs: dict | None) -> None:
     """The stochastic-depth table and curves."""
     report.heading("Stochastic depth (ResNet, seed 0)")
-    rows = []
-    rates = {m: json.loads((run.workdir / "config.json").read_text())["model"].get(
-        "stochastic_depth_rate", 0.0) for m, run in resnet.items()}
-    for m, run in resnet.items():
-        rows.append([LABELS[m] + (f" = {rates[m]:g}" if rates[m] else ""),
-                     final_metric(run, "fit_accuracy"), final_metric(run, "val_accuracy"),
-                     final_metric(run, "test_accuracy"), gap(run)])
-        summary[f"resnet_{m}"] = {"train": final_metric(run, "fit_accuracy"),
-                                  "test": final_metric(run, "test_accuracy"), "gap": gap(run)}
+    nets = {m: results[f"resnet_{m}"] for m in ("baseline", "stochastic_depth")}
+    rows = [[LABELS[m] + (f" = {r['rate']:g}" if r["rate"] else ""), r["train"], r.get("val"),
+             r["test"], r["gap"]] for m, r in nets.items()]
     report.table(["net", "train acc", "val acc", "test acc", "gap"], rows, spec=".4f")
-    block_rates = linear_depth_rates(3, rates["stochastic_depth"])
+    block_rates = linear_depth_rates(3, nets["stochastic_depth"]["rate"])
     report.text("With stochastic depth the 3 residual branches are dropped per example with the "
                 f"linear rule's rates {', '.join(f'{r:.3g}' for r in block_rates)} (survivors "
-                "rescaled by 1/(1 − rate) at train time).")
+                "rescaled by 1/(1 − rate) at train time). A 3-block ResNet, one seed.")
+    caption = "ResNet with and without stochastic depth: train and test accuracy over training"
+    if runs is None:
+        report.existing_figure("stochastic_depth.png", caption)
+        return
     fig, axes = new_figure(2)
     for ax, key, label in ((axes[0], "fit_accuracy", "train accuracy"),
                            (axes[1], "test_accuracy", "test accuracy")):
-        plot_curves(ax, {LABELS[m]: r.series(key) for m, r in resnet.items()},
+        plot_curves(ax, {LABELS[m]: r.series(key) for m, r in runs["resnet"].items()},
                     xlabel="step", ylabel=label)
-    report.figure(fig, "stochastic_depth.png", "ResNet with and without stochastic depth: "
-                  "train and test accuracy over training")
+    report.figure(fig, "stochastic_depth.png", caption)
+
+
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """The claims, from the per-seed numbers in results.json."""
+    methods = {m: v for m, v in results["methods"].items() if m != "baseline"}
+    base = results["methods"]["baseline"]
+    n = len(base["test"])
+    smaller = [m for m, v in methods.items() if (v["delta_gap"] or 0.0) < 0]
+    d_gap = [v["delta_gap"] for v in methods.values() if v["delta_gap"] is not None]
+    d_train = [v["mean"]["train"] - base["mean"]["train"] for v in methods.values()
+               if v["mean"]["train"] is not None]
+    d_test = [v["delta_test"] for v in methods.values() if v["delta_test"] is not None]
+    p = [welch_test(v["test"], base["test"]).p for v in methods.values()
+         if n >= 2 and None not in v["test"]]
+    out = [
+        Verdict("every regularizer shrinks the train/test gap (MLP)",
+                f"{len(smaller)} of {len(methods)}: Δ gap {min(d_gap):+.4f} to {max(d_gap):+.4f}"
+                f", mostly from train accuracy (Δ train {min(d_train):+.4f} to "
+                f"{max(d_train):+.4f})",
+                "reproduced" if len(smaller) == len(methods) else
+                "partly reproduced" if smaller else "not reproduced", n=n),
+        Verdict("a regularizer raises the test accuracy (MLP)",
+                f"Δ test {min(d_test):+.4f} to {max(d_test):+.4f}"
+                + (f"; smallest Welch p {min(p):.2g}" if p else ""),
+                "reproduced" if p and min(p) < 0.05 and max(d_test) > 0 else "not reproduced",
+                n=n),
+    ]
+    sd, rn = results.get("resnet_stochastic_depth"), results.get("resnet_baseline")
+    if sd and rn:
+        out.append(Verdict("stochastic depth shrinks the gap (3-block ResNet)",
+                           f"gap {sd['gap']:.4f} vs {rn['gap']:.4f}; test {sd['test']:.4f} vs "
+                           f"{rn['test']:.4f}", "reproduced" if sd["gap"] < rn["gap"]
+                           else "not reproduced", n=1))
+    check = results["dropout_check"]
+    out.append(Verdict("inverted and classic dropout give the same test-time output",
+                       f"max |Δ logit| {check['max_abs_diff_inverted_vs_classic_eval']:.2g} "
+                       "(an identity of the conversion, checked in float32)",
+                       "reproduced" if check["max_abs_diff_inverted_vs_classic_eval"] < 1e-4
+                       else "not reproduced", n=1))
+    return out
 
 
 def _verdict(summary: dict[str, Any]) -> str:
@@ -368,8 +456,8 @@ def _verdict(summary: dict[str, Any]) -> str:
         f"- Baseline MLP: train {base['train']:.4f}, test {base['test']:.4f}, gap "
         f"{base['gap']:.4f}. A smaller gap with {len(smaller)} of {len(methods)} regularizers"
         + (f" ({', '.join(smaller)})" if smaller else "")
-        + f"; a higher test accuracy with {len(better)} of {len(methods)}"
-        + (f" ({', '.join(better)})" if better else "") + ".\n"
+        + f"; a higher mean test accuracy with {len(better)} of {len(methods)}"
+        + (f" ({', '.join(better)})" if better else "") + " (see the Welch p column).\n"
         + "- Per regularizer (Δ gap / Δ test accuracy vs baseline): "
         + "; ".join(f"{m} {v['delta_gap']:+.4f} / {v['delta_test']:+.4f}"
                     for m, v in methods.items() if v["delta_gap"] is not None) + ".\n"

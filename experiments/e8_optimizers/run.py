@@ -44,7 +44,7 @@ from normlab.reports import (
     verdict_table,
     welch_test,
 )
-from normlab.reports.experiment import parse_experiment_args
+from normlab.reports.experiment import load_results, parse_experiment_args, report_results
 
 CONFIG = "configs/e8_optimizers.py"
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -127,16 +127,22 @@ def numbers(runs: list[RunResult], lr: float, thresholds: Sequence[float]) -> di
 def _steps_cell(s: dict[str, Any]) -> str:
     if s["reached"] == 0:
         return f"never (0 of {s['n']})"
-    hi = "∞" if np.isinf(s["high"]) else f"{s['high']:.0f}"
-    return f"{s['median']:.0f} [{s['low']:.0f}, {hi}]" + (
+    median, hi = ("∞" if np.isinf(s[k]) else f"{s[k]:.0f}" for k in ("median", "high"))
+    return f"{median} [{s['low']:.0f}, {hi}]" + (
         f" ({s['reached']} of {s['n']})" if s["reached"] < s["n"] else "")
+
+
+def _seed_mean(k: dict[str, Any], key: str) -> float:
+    # results from before per-seed values were stored hold the mean over the seeds alone
+    value = k[key]
+    return _mean(value) if isinstance(value, list) else value
 
 
 def _row(label: str, k: dict[str, Any], thresholds) -> list[Any]:
     return [label, f"{k['lr']:g}", fmt_mean_ci(k["final_test_accuracy"], ".4f", show_n=False),
-            _mean(k["best_test_accuracy"]), _mean(k["final_train_loss"]),
-            _mean(k["late_std"]), *(_steps_cell(k["median_steps_to"][str(t)])
-                                      for t in thresholds),
+            _seed_mean(k, "best_test_accuracy"), _mean(k["final_train_loss"]),
+            _seed_mean(k, "late_std"), *(_steps_cell(k["median_steps_to"][str(t)])
+                                         for t in thresholds),
             f"{k['seconds']:.0f}" if k["seconds"] else None]
 
 
@@ -154,9 +160,18 @@ def _curves_figure(runs: dict[str, RunResult], title: str, ylim, lr_panel: bool 
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs E8 and writes the report; returns the key numbers."""
+    """Runs E8 (or, with --report-only, reads its results.json) and writes the report; returns
+    the results."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E8: optimizers and learning-rate schedules", args.out, command=args.command)
+    results, runs = (load_results(args.out), None) if args.report_only else collect(args)
+    write_report(report, results, runs)
+    return results
+
+
+def collect(args) -> tuple[dict[str, Any], dict[str, dict[str, RunResult]]]:
+    """Tunes and trains E8's runs; (the numbers the report shows, the runs behind its
+    curves)."""
     size = TINY if args.tiny else FULL
     optimizers, thresholds, seeds = size["optimizers"], size["thresholds"], size["seeds"]
     study = Study(args, size["arg"])
@@ -173,23 +188,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 thresholds) for opt in optimizers}
     sched_numbers = {s: numbers([study.run(SCHEDULE_OPT, chosen[s], s, seed=k) for k in seeds],
                                 chosen[s], thresholds) for s in size["schedules"]}
-    summary = {"lr_star": best, "schedule_optimizer": SCHEDULE_OPT,
+    for s, runs in sched_runs.items():
+        sched_numbers[s]["val_by_base"] = {f"{lr:g}": _val(r) for lr, r in runs.items()}
+    results = {"tiny": args.tiny, "seeds": list(seeds), "thresholds": list(thresholds),
+               "lr_star": best, "schedule_optimizer": SCHEDULE_OPT,
                "grid": {opt: {f"{lr:g}": _val(r) for lr, r in runs.items()}
                         for opt, (_, runs) in tuned.items()},
-               "optimizers": opt_numbers, "schedules": sched_numbers}
+               "optimizers": opt_numbers, "schedules": sched_numbers,
+               "training_runs": describe_runs(study.runs.values())}
+    curves = {"optimizers": {f"{opt} ({best[opt]:g})": tuned[opt][1][best[opt]]
+                             for opt in optimizers},
+              "schedules": {f"{s} ({chosen[s]:g})": sched_runs[s][chosen[s]]
+                            for s in sched_runs}}
+    return results, curves
 
+
+def write_report(report: Report, results: dict[str, Any], curves: dict | None) -> None:
+    """The report from `results` alone; the training curves drawn from `curves` (None:
+    --report-only, the committed figures are embedded)."""
+    tiny = results.get("tiny", False)
+    # results from before these were stored are the full-size run's
+    seeds = results.get("seeds", list(SEEDS))
+    thresholds = results.get("thresholds", list(FULL["thresholds"]))
+    best, grid = results["lr_star"], results["grid"]
+    opt_numbers, sched_numbers = results["optimizers"], results["schedules"]
+    bases = list(next(iter(sched_numbers.values()))["val_by_base"])
     report.facts.update({
-        "data": "digits (tiny)" if args.tiny else "Fashion-MNIST: train on train[:55000], "
+        "data": "digits (tiny)" if tiny else "Fashion-MNIST: train on train[:55000], "
                 "validation train[55000:], test = the 10,000 test images",
         "net": "flatten → 3 × (Dense(100) → ReLU) → Dense(10), Kaiming-normal, no norm, "
                "standardized inputs, batch " + ("32, 300 steps, evaluation every 20 steps"
-                                               if args.tiny else
+                                               if tiny else
                                                "128, 4,000 steps, evaluation every 200 steps"),
         "config": CONFIG,
         "seeds": f"{len(seeds)} per chosen setting ({', '.join(map(str, seeds))}); the lr "
                  "grids: seed 0",
-        "training runs": describe_runs(study.runs.values()),
     })
+    if results.get("training_runs"):
+        report.facts["training runs"] = results["training_runs"]
     report.text(
         "**Claim** (SPEC §1.6 and §3 E8; the lecture's optimizer comparison): on one net and "
         "data set, momentum (heavy ball, Nesterov) and the adaptive methods (AdaGrad, RMSProp, "
@@ -205,21 +241,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "The learning rates are chosen on seed 0; the chosen settings are then rerun with "
         f"seeds {', '.join(map(str, seeds))} (initial weights and batch order)."
     )
+    if "converted" in results:
+        report.text(f"({results['converted']}.)")
 
     report.heading("Result")
-    report.text(verdict_table(verdicts(summary, thresholds)))
+    claims = verdicts(results)
+    report.text(verdict_table(claims))
 
     report.heading("Learning-rate grid: final validation accuracy")
-    used = sorted({lr for _, runs in tuned.values() for lr in runs})
-    rows = [[opt, f"{best[opt]:g}", *(_val(runs[lr]) if lr in runs else "·" for lr in used)]
-            for opt, (_, runs) in tuned.items()]
+    used = sorted({float(lr) for accs in grid.values() for lr in accs})
+    rows = [[opt, f"{best[opt]:g}", *(accs.get(f"{lr:g}", "·") for lr in used)]
+            for opt, accs in grid.items()]
     report.table(["optimizer", "lr*", *(f"{lr:g}" for lr in used)], rows, spec=".4f")
     report.text("· not run; — diverged (non-finite loss).")
     fig, axes = new_figure(1)
-    plot_curves(axes[0], {opt: (list(runs), [_val(r) or 0.0 for r in runs.values()])
-                          for opt, (_, runs) in tuned.items()},
+    plot_curves(axes[0], {opt: ([float(lr) for lr in accs], [a or 0.0 for a in accs.values()])
+                          for opt, accs in grid.items()},
                 xlabel="learning rate", ylabel="final validation accuracy",
-                styles={opt: {"marker": "o"} for opt in tuned})
+                styles={opt: {"marker": "o"} for opt in grid})
     axes[0].set_xscale("log")
     report.figure(fig, "lr_grid.png", "Final validation accuracy at every learning rate tried")
 
@@ -227,24 +266,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     header = ["optimizer", "lr*", f"final test acc (95% CI, n={len(seeds)})", "best test acc",
               "final train loss", "late std of test acc",
               *(f"steps to {t:.0%}: median [95% CI]" for t in thresholds), "wall s"]
-    report.table(header, [_row(opt, opt_numbers[opt], thresholds) for opt in optimizers],
+    report.table(header, [_row(opt, k, thresholds) for opt, k in opt_numbers.items()],
                  spec=".4f")
     report.text(f"Over seed(s) {', '.join(map(str, seeds))}: final test accuracy mean ± 95% CI "
                 "(Student t), the means of the best test accuracy and the final train loss "
                 "(mean over the last 100 steps); \"late std\": the standard deviation of the "
                 "test accuracy over the evaluations of the last quarter of the steps, mean over "
-                f"seeds; \"steps to\": the first evaluation (every {20 if args.tiny else 200} "
+                f"seeds; \"steps to\": the first evaluation (every {20 if tiny else 200} "
                 "steps) with that test accuracy, median over seeds with its bootstrap CI. wall "
                 "s of seed 0; the curves are seed 0's.")
-    opt_runs = {f"{opt} ({best[opt]:g})": tuned[opt][1][best[opt]] for opt in optimizers}
-    ylim = None if args.tiny else (0.75, 0.92)
-    report.figure(_curves_figure(opt_runs, "each optimizer at its lr*", ylim), "optimizers.png",
-                  "Training loss and test accuracy vs step, each optimizer at its best lr")
+    ylim = None if tiny else (0.75, 0.92)
+    caption = "Training loss and test accuracy vs step, each optimizer at its best lr"
+    if curves is None:
+        report.existing_figure("optimizers.png", caption)
+    else:
+        report.figure(_curves_figure(curves["optimizers"], "each optimizer at its lr*", ylim),
+                      "optimizers.png", caption)
 
-    report.heading(f"Schedules ({SCHEDULE_OPT}, base lr {' or '.join(f'{r:g}' for r in bases)})")
-    rows = [[s, *(_val(runs[lr]) for lr in bases), *_row("", sched_numbers[s], thresholds)[1:]]
-            for s, runs in sched_runs.items()]
-    report.table(["schedule", *(f"val acc @ {lr:g}" for lr in bases), "chosen base lr",
+    schedule_opt = results["schedule_optimizer"]
+    report.heading(f"Schedules ({schedule_opt}, base lr {' or '.join(bases)})")
+    rows = [[s, *(k["val_by_base"][lr] for lr in bases), *_row("", k, thresholds)[1:]]
+            for s, k in sched_numbers.items()]
+    report.table(["schedule", *(f"val acc @ {lr}" for lr in bases), "chosen base lr",
                   *header[2:]], rows, spec=".4f")
     report.text(
         "Every decay ends at base lr/100 (cosine at 0): step ×0.1 at 1/2 and 3/4 of the steps, "
@@ -252,13 +295,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "the first 5% of the steps. Each schedule keeps the base lr with the better final "
         "validation accuracy."
     )
-    sched_best = {f"{s} ({chosen[s]:g})": sched_runs[s][chosen[s]] for s in sched_runs}
-    report.figure(_curves_figure(sched_best, f"{SCHEDULE_OPT}: schedules", ylim, lr_panel=True),
-                  "schedules.png", "Learning rate, training loss and test accuracy vs step for "
-                  "each schedule at its chosen base lr")
-    report.save_json("results.json", summary)
-    print(f"wrote {report.write()}")
-    return summary
+    caption = ("Learning rate, training loss and test accuracy vs step for each schedule at its "
+               "chosen base lr")
+    if curves is None:
+        report.existing_figure("schedules.png", caption)
+    else:
+        report.figure(_curves_figure(curves["schedules"], f"{schedule_opt}: schedules", ylim,
+                                     lr_panel=True), "schedules.png", caption)
+    report_results(report, results, claims)
 
 
 def _kept(values: Sequence[float | None]) -> list[float]:
@@ -274,9 +318,10 @@ def _share(won: Sequence[str], of: int) -> str:
     return "reproduced" if len(won) == of else "partly reproduced" if won else "not reproduced"
 
 
-def verdicts(summary: dict[str, Any], thresholds: Sequence[float]) -> list[Verdict]:
-    """The claims of E8 and what the numbers say about them."""
-    opts, scheds = summary["optimizers"], summary["schedules"]
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """The claims of E8 and what the numbers in results.json say about them."""
+    opts, scheds = results["optimizers"], results["schedules"]
+    thresholds = results.get("thresholds", list(FULL["thresholds"]))
     n = min(k["seeds"] for k in [*opts.values(), *scheds.values()])
     out = []
     t = thresholds[0]
@@ -304,11 +349,12 @@ def verdicts(summary: dict[str, Any], thresholds: Sequence[float]) -> list[Verdi
         "a decaying lr ends with a higher test accuracy than a constant one",
         f"final test acc {accs}{tests if p else ''}; above constant: {', '.join(better) or 'none'}",
         _share(better, len(decays)), n))
-    const_std = _mean(scheds["constant"]["late_std"])
-    steadier = [s for s in decays if _mean(scheds[s]["late_std"]) < const_std]
+    const_std = _seed_mean(scheds["constant"], "late_std")
+    steadier = [s for s in decays if _seed_mean(scheds[s], "late_std") < const_std]
     out.append(Verdict(
         "a decaying lr stops the late fluctuation of the test accuracy",
-        "late std " + ", ".join(f"{s} {_mean(k['late_std']):.4f}" for s, k in scheds.items()),
+        "late std " + ", ".join(f"{s} {_seed_mean(k, 'late_std'):.4f}"
+                                for s, k in scheds.items()),
         _share(steadier, len(decays)), n))
     return out
 

@@ -46,7 +46,7 @@ from normlab.reports import (
     steps_to_reach,
     verdict_table,
 )
-from normlab.reports.experiment import parse_experiment_args
+from normlab.reports.experiment import load_results, parse_experiment_args, report_results
 from normlab.train import inputs
 from normlab.train.build import build_tx
 from normlab.train.saved import load_saved
@@ -152,19 +152,28 @@ def perturbation_sensitivity(run: RunResult, images: int, epsilons: Sequence[flo
     return out
 
 
-def _lr_cell(runs: dict[float, RunResult], lr: float, best: float) -> str:
-    if lr not in runs:
+def _lr_cell(search: dict[str, float | None], lr: float, best: float) -> str:
+    if f"{lr:g}" not in search:
         return "·"
-    loss = final_metric(runs[lr], "fit_loss")
+    loss = search[f"{lr:g}"]
     text = "diverged" if loss is None else f"{loss:.3f}"
     return f"**{text}**" if lr == best else text
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs E9 and writes the report; returns the key numbers."""
+    """Runs E9 (or, with --report-only, reads its results.json) and writes the report; returns
+    the results."""
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E9: input preprocessing — convergence speed and weight-perturbation "
                     "sensitivity", args.out, command=args.command)
+    results, runs = (load_results(args.out), None) if args.report_only else collect(args)
+    write_report(report, results, runs)
+    return results
+
+
+def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The learning-rate searches and the sensitivity measurements; (the numbers the report
+    shows, the runs behind its convergence figure)."""
     preps, grid, start = (TINY_PREPS, TINY_GRID, TINY_GRID[0]) if args.tiny else (
         PREPS, LR_GRID, LR_START)
     data = ",train_size=1000,steps=300" if args.tiny else ""
@@ -173,25 +182,51 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def train_at(prep: str) -> Callable[[float], RunResult]:
         return lambda lr: run_training(
             load_config(f"{CONFIG}:prep={prep},lr={lr}{data}"), args.runs / f"{prep}_lr{lr:g}",
-            name=f"{prep} (lr {lr:g})", reuse=args.reuse, progress=args.progress,
-            devices=args.devices)
+            name=f"{prep} (lr {lr:g})", reuse=args.reuse, any_revision=args.reuse_any_revision,
+            progress=args.progress, devices=args.devices)
 
     searched = {prep: search_lr(train_at(prep), grid, start) for prep in preps}
     best = {prep: runs[lr] for prep, (runs, lr) in searched.items()}
-    best_lr = {prep: lr for prep, (_, lr) in searched.items()}
-    sensitivity = {prep: perturbation_sensitivity(run, images, EPSILONS, DIRECTIONS)
-                   for prep, run in best.items()}
+    results: dict[str, Any] = {
+        "tiny": args.tiny, "grid": list(grid), "lr_start": start, "loss_images": images,
+        "best_lr": {prep: lr for prep, (_, lr) in searched.items()}, "preps": {},
+        "training_runs": describe_runs(r for runs, _ in searched.values()
+                                       for r in runs.values())}
+    for p, run in best.items():
+        results["preps"][p] = {
+            "lr": results["best_lr"][p],
+            "steps_to_loss": {str(t): steps_to_reach(*run.series("train_loss"), t, below=True)
+                              for t in THRESHOLDS},
+            "final_train_loss": final_metric(run, "fit_loss"),
+            "val_accuracy": final_metric(run, "val_accuracy"),
+            "test_accuracy": final_metric(run, "test_accuracy"),
+            "lr_search": {f"{lr:g}": final_metric(r, "fit_loss")
+                          for lr, r in searched[p][0].items()},
+        }
+    results["sensitivity"] = {prep: perturbation_sensitivity(run, images, EPSILONS, DIRECTIONS)
+                              for prep, run in best.items()}
+    return results, best
 
+
+def write_report(report: Report, results: dict[str, Any], best: dict | None) -> None:
+    """The report from `results` alone; the training curves drawn from the runs in `best`
+    (None: --report-only, the committed figure is embedded)."""
+    tiny = results.get("tiny", False)
+    # results from before these were stored are the full-size run's
+    grid, start = results.get("grid", list(LR_GRID)), results.get("lr_start", LR_START)
+    images = results.get("loss_images", LOSS_IMAGES)
+    best_lr, summary, sensitivity = results["best_lr"], results["preps"], results["sensitivity"]
+    preps = list(summary)
     report.facts.update({
-        "data": f"CIFAR-10: train on train[:{'1000' if args.tiny else '10000'}], validation "
+        "data": f"CIFAR-10: train on train[:{'1000' if tiny else '10000'}], validation "
                 "train[45000:] (5,000), test = the 1,000 test images in shared/datasets",
         "net": "linear softmax classifier (logits = W·x + b), LeCun-normal W, plain SGD, "
-               f"constant lr, batch 128, {'300' if args.tiny else '3,000'} steps",
+               f"constant lr, batch 128, {'300' if tiny else '3,000'} steps",
         "config": CONFIG,
         "learning rates": f"search on {list(grid)} from {start:g} (module docstring)",
-        "training runs": describe_runs(r for runs, _ in searched.values()
-                                       for r in runs.values()),
     })
+    if results.get("training_runs"):
+        report.facts["training runs"] = results["training_runs"]
     report.text(
         "**Claim** (SPEC §3 E9, after the CS231n lecture on data preprocessing): zero-centering, "
         "standardization and PCA/ZCA whitening speed up convergence, and with un-centered "
@@ -205,45 +240,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     report.heading("Learning-rate search")
     report.table(["preprocessing", *(f"lr {lr:g}" for lr in grid)],
-                 [[p, *(_lr_cell(searched[p][0], lr, best_lr[p]) for lr in grid)]
+                 [[p, *(_lr_cell(summary[p]["lr_search"], lr, best_lr[p]) for lr in grid)]
                   for p in preps])
     report.text("Final training loss (all training images, after the last step) at each rate "
                 "the search tried (· not tried; **bold**: the best, used below).")
 
     report.heading("Convergence at each preprocessing's best learning rate")
-    rows, summary = [], {"best_lr": best_lr, "preps": {}}
+    rows = []
     for p in preps:
-        run = best[p]
-        hits = [steps_to_reach(*run.series("train_loss"), t, below=True) for t in THRESHOLDS]
+        r = summary[p]
         edge = best_lr[p] in (grid[0], grid[-1]) and len(grid) > 1
-        rows.append([p, f"{best_lr[p]:g}" + (" (grid edge)" if edge else ""), *hits,
-                     final_metric(run, "fit_loss"), final_metric(run, "val_accuracy"),
-                     final_metric(run, "test_accuracy")])
-        summary["preps"][p] = {
-            "lr": best_lr[p], "steps_to_loss": dict(zip(map(str, THRESHOLDS), hits, strict=True)),
-            "final_train_loss": final_metric(run, "fit_loss"),
-            "val_accuracy": final_metric(run, "val_accuracy"),
-            "test_accuracy": final_metric(run, "test_accuracy"),
-            "lr_search": {f"{lr:g}": final_metric(r, "fit_loss")
-                          for lr, r in searched[p][0].items()},
-        }
+        rows.append([p, f"{best_lr[p]:g}" + (" (grid edge)" if edge else ""),
+                     *(r["steps_to_loss"][str(t)] for t in THRESHOLDS), r["final_train_loss"],
+                     r["val_accuracy"], r["test_accuracy"]])
     report.table(["preprocessing", "best lr", *(f"steps to loss {t:g}" for t in THRESHOLDS),
                   "final train loss", "val acc", "test acc"], rows, spec=".4f")
     report.text("\"steps to loss\": the first logged step (every 50) whose training loss, "
-                "averaged over the 50 steps, is at or below the threshold (— never).")
-    fig, axes = new_figure(3)
-    plot_curves(axes[0], {f"{p} (lr {best_lr[p]:g})": best[p].series("train_loss")
-                          for p in preps}, xlabel="step", ylabel="training loss", logy=True)
-    plot_curves(axes[1], {f"{p} (lr {best_lr[p]:g})": best[p].series("val_accuracy")
-                          for p in preps}, xlabel="step", ylabel="validation accuracy")
-    plot_curves(axes[2], {p: (sorted(searched[p][0]),
-                              [final_metric(searched[p][0][lr], "fit_loss") or np.nan
-                               for lr in sorted(searched[p][0])]) for p in preps},
-                xlabel="learning rate", ylabel="final training loss", logy=True)
-    axes[2].set_xscale("log")
-    report.figure(fig, "convergence.png", "Training loss and validation accuracy at each "
-                  "preprocessing's best learning rate, and the final training loss at every "
-                  "rate tried")
+                "averaged over the 50 steps, is at or below the threshold (— never). One seed.")
+    caption = ("Training loss and validation accuracy at each preprocessing's best learning "
+               "rate, and the final training loss at every rate tried")
+    if best is None:
+        report.existing_figure("convergence.png", caption)
+    else:
+        fig, axes = new_figure(3)
+        plot_curves(axes[0], {f"{p} (lr {best_lr[p]:g})": best[p].series("train_loss")
+                              for p in preps}, xlabel="step", ylabel="training loss", logy=True)
+        plot_curves(axes[1], {f"{p} (lr {best_lr[p]:g})": best[p].series("val_accuracy")
+                              for p in preps}, xlabel="step", ylabel="validation accuracy")
+        plot_curves(axes[2], {p: (sorted(float(lr) for lr in summary[p]["lr_search"]),
+                                  [summary[p]["lr_search"][f"{lr:g}"] or np.nan
+                                   for lr in sorted(float(x) for x in summary[p]["lr_search"])])
+                              for p in preps},
+                    xlabel="learning rate", ylabel="final training loss", logy=True)
+        axes[2].set_xscale("log")
+        report.figure(fig, "convergence.png", caption)
 
     report.heading("Loss change under a small random perturbation of the weights")
     report.text(
@@ -289,18 +319,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   "perturbation of relative size ε of the first layer's weights: mean |ΔL| "
                   "(left) and its even, curvature part (right), at init (top) and trained "
                   "(bottom)")
-    summary["sensitivity"] = sensitivity
 
     report.heading("Result")
-    report.text(verdict_table(verdicts(summary, preps, grid)))
-    report.save_json("results.json", summary)
-    print(f"wrote {report.write()}")
-    return summary
+    claims = verdicts(results)
+    report.text(verdict_table(claims))
+    report_results(report, results, claims)
 
 
-def verdicts(summary: dict[str, Any], preps: Sequence[str], grid: Sequence[float]) -> list[Verdict]:
-    """The claims of E9 and what the numbers say about them (one seed: preliminary)."""
-    runs, s = summary["preps"], summary["sensitivity"]
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """The claims of E9 and what the numbers in results.json say about them (one seed:
+    preliminary)."""
+    runs, s = results["preps"], results["sensitivity"]
+    preps, grid = list(runs), results.get("grid", list(LR_GRID))
     others = [p for p in preps if p != "none"]
     main_i, t = EPSILONS.index(MAIN_EPSILON), str(THRESHOLDS[1])
 
