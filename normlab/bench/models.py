@@ -264,3 +264,54 @@ def markdown(rows: list[dict[str, Any]], pipes: list[dict[str, Any]]) -> str:
                 f"{p['streamed_step_ms']:.1f} ({p['streamed_ratio']:.3f}×) |"
             )
     return "\n".join(lines)
+
+
+# The MNIST main example (configs/mnist_mlp.py): a 3×100 sigmoid MLP with BN, SGD at lr 0.5,
+# batch 60, 500 steps per jitted call on the device-resident data set.
+MNIST_EXAMPLE = {"depth": 3, "width": 100, "norm": "batch", "activation": "sigmoid",
+                 "kernel_init": "normal", "kernel_init_kwargs": {"std": 0.1}}
+
+
+def bench_metrics_cost(*, batch: int = 60, steps_per_call: int = 500, repeats: int = 5,
+                       dataset_size: int = 4096, image_shape: Sequence[int] = (28, 28, 1),
+                       min_sample_s: float = 0.02) -> dict[str, Any]:
+    """What the per-step metrics cost the MNIST example's chunk, interleaved:
+
+      chunk       `train_chunk_from_indices`, the loop's chunk (norms on its last step only);
+      every_step  the same scan with grad/update/param norms on every step (before issue 16);
+      plain       a plain `lax.scan` of the same step without the norms, the bound.
+
+    Returns ms per step of each and the paired ratios chunk/plain and every_step/plain.
+    """
+    model = MODELS.build("mlp", num_classes=10, **MNIST_EXAMPLE)
+    tx, lr_fn = build_optimizer({"name": "sgd"}, {"name": "constant"}, 0.5, 10**6)
+    cfg = StepConfig(model=model, tx=tx, lr_fn=lr_fn, num_classes=10)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((dataset_size, *image_shape)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, dataset_size), jnp.int32)
+    sampler = EpochSampler(dataset_size, batch, 0)
+    indices = jnp.asarray(np.stack([sampler.batch_indices(s) for s in range(steps_per_call)]),
+                          jnp.int32)
+
+    def scan(norm_metrics: bool) -> Any:
+        def chunk(state, images, labels, idx_KB):
+            def body(state, idx_B):
+                return train_step(cfg, state, images[idx_B], labels[idx_B],
+                                  norm_metrics=norm_metrics)
+            return jax.lax.scan(body, state, idx_KB)
+        return chunk
+
+    fns = {"chunk": functools.partial(train_chunk_from_indices, cfg),
+           "every_step": scan(True), "plain": scan(False)}
+    init = _initializer(cfg)
+    calls = {name: _Stepper(jax.jit(fn, donate_argnums=0), init(images[:2]), images, labels,
+                            indices) for name, fn in fns.items()}
+    timings = time_interleaved(calls, repeats=repeats, min_sample_s=min_sample_s)
+    out: dict[str, Any] = {"model": "mlp", **MNIST_EXAMPLE, "batch": batch,
+                           "steps_per_call": steps_per_call}
+    for name, t in timings.items():
+        out[f"{name}_step_ms"] = t.median_ms / steps_per_call
+        out[f"{name}_steps_per_s"] = steps_per_call / (t.median_ms / 1e3)
+    out["chunk_ratio"] = paired_ratio(timings["chunk"], timings["plain"])
+    out["every_step_ratio"] = paired_ratio(timings["every_step"], timings["plain"])
+    return out

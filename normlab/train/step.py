@@ -109,8 +109,14 @@ def train_step(
     x: jax.Array,
     labels: jax.Array,
     example_ids: jax.Array | None = None,
+    *,
+    norm_metrics: bool | jax.Array = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD-family step on the batch (x, labels); returns the new state and its metrics.
+
+    `norm_metrics`: whether grad_norm / update_norm / param_norm are computed (a bool, or a
+    traced one: then a `lax.cond` skips them, zeros in their place); chunks compute them on
+    their last step only (`_scan_steps`).
 
     `example_ids`: the rows' indices in the training split (for `POSITIONAL` augmentations).
     """
@@ -150,9 +156,7 @@ def train_step(
         "train_loss": loss,
         "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
         "lr": cfg.lr_fn(state.step),
-        "grad_norm": optax.tree.norm(grads),
-        "update_norm": optax.tree.norm(updates),
-        "param_norm": optax.tree.norm(params),
+        **_norms(grads, updates, params, norm_metrics),
         **{f"train_{name}": value for name, value in terms.items() if name != "ce"},
     }
     if cfg.axis_name is not None:
@@ -163,17 +167,46 @@ def train_step(
     return new_state, metrics
 
 
-def _scan_steps(body: Callable, state: TrainState, xs: Any) -> tuple[TrainState, Any]:
+NORM_METRICS = ("grad_norm", "update_norm", "param_norm")
+
+
+def _norms(grads: Any, updates: Any, params: Any, when: bool | jax.Array) -> dict[str, Any]:
+    def norms():
+        return {name: optax.tree.norm(tree)
+                for name, tree in zip(NORM_METRICS, (grads, updates, params), strict=True)}
+
+    if isinstance(when, bool):
+        return norms() if when else {}
+    zeros = {name: jnp.zeros((), jnp.float32) for name in NORM_METRICS}
+    return jax.lax.cond(when, norms, lambda: zeros)
+
+
+def _scan_steps(
+    body: Callable, state: TrainState, xs: Any, *, norms_on_last: bool = False
+) -> tuple[TrainState, Any]:
     """`lax.scan(body, state, xs)`, except that a chunk of one step runs without a loop.
 
     XLA:CPU runs convolutions inside a while-loop body many times slower than outside one
     (jax-ml/jax#12868; measured 7-30x for a ResNet-20 step on a 2-core CPU, even for a loop of
     one trip), so conv nets on CPU train with `steps_per_call=1`, which takes this path.
+
+    `norms_on_last`: `body(state, x, norm_metrics)` computes the `NORM_METRICS` only when
+    told: on the chunk's last step, the step a log line falls on. The norms over every
+    parameter cost ~19% of a small model's step (the MNIST MLP's chunk); each chunk reports its
+    last step's norms at every one of its steps, so a mean over logged steps stays a mean of
+    last-step norms.
     """
-    if jax.tree_util.tree_leaves(xs)[0].shape[0] != 1:
+    steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if steps == 1:
+        x = jax.tree.map(lambda a: a[0], xs)
+        state, metrics = body(state, x, True) if norms_on_last else body(state, x)
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    if not norms_on_last:
         return jax.lax.scan(body, state, xs)
-    state, metrics = body(state, jax.tree.map(lambda a: a[0], xs))
-    return state, jax.tree.map(lambda m: m[None], metrics)
+    last = jnp.arange(steps) == steps - 1
+    state, metrics = jax.lax.scan(lambda s, x_last: body(s, *x_last), state, (xs, last))
+    return state, {name: jnp.broadcast_to(m[-1], m.shape) if name in NORM_METRICS else m
+                   for name, m in metrics.items()}
 
 
 def train_chunk_from_indices(
@@ -185,10 +218,11 @@ def train_chunk_from_indices(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """K steps on a device-resident data set; row k of `indices_KB` is step k's batch."""
 
-    def body(state, idx_B):
-        return train_step(cfg, state, jnp.take(images, idx_B, axis=0), labels[idx_B], idx_B)
+    def body(state, idx_B, norm_metrics):
+        return train_step(cfg, state, jnp.take(images, idx_B, axis=0), labels[idx_B], idx_B,
+                          norm_metrics=norm_metrics)
 
-    return _scan_steps(body, state, indices_KB)
+    return _scan_steps(body, state, indices_KB, norms_on_last=True)
 
 
 def train_chunk_from_batches(
@@ -196,10 +230,10 @@ def train_chunk_from_batches(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """K steps on K batches already assembled (the streaming input path)."""
 
-    def body(state, batch):
-        return train_step(cfg, state, *batch)
+    def body(state, batch, norm_metrics):
+        return train_step(cfg, state, *batch, norm_metrics=norm_metrics)
 
-    return _scan_steps(body, state, (x_KB, labels_KB))
+    return _scan_steps(body, state, (x_KB, labels_KB), norms_on_last=True)
 
 
 def chunk_body(cfg: StepConfig, *, from_batches: bool = False) -> Callable:
