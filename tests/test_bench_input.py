@@ -3,11 +3,13 @@
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from normlab.bench import command
+from normlab.bench.feeds import rss_bytes
 from normlab.bench.input import SHAPES, fake_jpegs
 from normlab.data.transforms import decode
 
@@ -46,6 +48,32 @@ def test_input_rows_and_table(input_run):
     assert "models" not in result and "norm_ops" not in result
     assert printed.count("| train |") == 2 and printed.count("| StreamSource |") == 2
     assert "→ 64 px" in printed
+
+
+def test_training_feeds_rows_and_tables(input_run):
+    result, printed = input_run
+    feeds = result["input"]["feeds"]
+    feed, rss, model = feeds["feed"], feeds["rss"], feeds["model"]
+    assert (feed["model"], feed["batch"], feed["train_images"]) == ("mlp", 8, 40)
+    assert {"device_step_ms", "stream_step_ms", "stream_ratio"} <= feed.keys()
+    assert [step for step, _ in rss["samples"]] == [4, 8, 12]  # every 4 of 12 streamed steps
+    sizes = [size for _, size in rss["samples"]]
+    assert (rss["start_bytes"], rss["end_bytes"], rss["max_bytes"]) == (
+        sizes[0], sizes[-1], max(sizes))
+    assert rss["flat"] == (abs(sizes[-1] - sizes[0]) <= 0.02 * sizes[0])
+    assert model["images_per_s"] == pytest.approx(model["batch"] / (model["step_ms"] / 1e3))
+    one_thread = next(r["images_per_s"] for r in result["input"]["transforms"]
+                      if r["what"] == "train" and r["threads"] == 1)
+    assert f"| {model['images_per_s'] / one_thread:.1f} |" in printed  # decode threads needed
+    assert printed.count("| device |") == printed.count("| stream |") == 1
+
+
+def test_rss_is_the_kernels_resident_size():
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("no /proc on this system")
+    line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+    assert abs(rss_bytes() - int(line.split()[1]) * 1024) < 16 * 2**20
 
 
 @pytest.mark.parametrize("argv,match", [

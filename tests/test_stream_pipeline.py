@@ -13,6 +13,7 @@ from cli_runs import cli, wait_for_checkpoint
 
 from normlab.config import apply_overrides, load_config
 from normlab.data.datasets import prepare
+from normlab.data.fake_cifar import write_fake_cifar10
 from normlab.data.fake_imagenet import write_fake_imagenet
 from normlab.train.loop import train
 from normlab.train.metrics import read_metrics
@@ -32,13 +33,7 @@ def cifar10_dirs(tmp_path_factory):
     """A small CIFAR-10 (random pixels) in the .npz layout of ../shared/datasets/cifar10,
     prepared by normlab's own builder."""
     root = tmp_path_factory.mktemp("cifar")
-    folder = root / "archives" / "cifar10"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in [*((f"data_batch_{i}", 24) for i in range(1, 6)), ("test_batch_first1000", 30)]:
-        np.savez_compressed(folder / f"{name}.npz",
-                            data=rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                            labels=rng.integers(0, 10, n).astype(np.uint8))
+    write_fake_cifar10(root / "archives", per_batch=24, test=30)
     prepare("cifar10", source=root / "archives", tfds_dir=root / "tfds", verify=False,
             quiet=True)
     return root

@@ -218,7 +218,8 @@ def benchmark(s: dict[str, Any]) -> dict[str, Any]:
         result["input"] = input_bench.bench_input(
             size=s["input_size"], threads=s["input_threads"], images=s["input_images"],
             batch=s["input_batch"], steps_per_call=s["steps_per_call"],
-            chunks=s["input_chunks"], repeats=s["repeats"], min_sample_s=min_sample_s)
+            chunks=s["input_chunks"], repeats=s["repeats"], min_sample_s=min_sample_s,
+            quick=s["quick"])
     elif s["norm_ops"]:
         result["norm_ops"] = [
             row for dtype in s["dtypes"] for row in norm_ops.bench_norm_ops(

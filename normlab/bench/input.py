@@ -9,7 +9,10 @@ so no storage is measured):
 - `StreamSource` end to end (read from memory, transform in its pool, chunks of k steps through
   its prefetch thread), images/s by thread count; and, for the design choice, the same work
   through grain (`MapDataset` of (step, slot) elements → `map` → `to_iter_dataset(ReadOptions(
-  num_threads))`).
+  num_threads))`);
+- what feeding a real run costs (`normlab.bench.feeds`): CIFAR ResNet-20 fed by the stream vs
+  device-resident (interleaved), host RSS over a long streamed run, and a ResNet-50 step alone
+  on fake data (the input rate it needs).
 
 The transform timings are interleaved repeats (`harness.time_interleaved`), the stream's are
 steady-state rates over consecutive chunks after a warm-up chunk.
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from normlab.bench import feeds as feeds_bench
 from normlab.bench.harness import time_interleaved
 from normlab.data.loader import EpochSampler
 from normlab.data.stream import StreamSource
@@ -112,8 +116,11 @@ def bench_input(
     repeats: int,
     min_sample_s: float,
     grain: bool = True,
+    quick: bool = False,
+    feeds: bool = True,
 ) -> dict[str, Any]:
-    """The input benchmark's rows (module doc); JSON-able."""
+    """The input benchmark's rows (module doc); JSON-able. `quick`: the training-side
+    measurements on a tiny MLP (`feeds.QUICK`); `feeds=False` skips them."""
     blobs = fake_jpegs(images)
     labels = np.arange(images, dtype=np.int32) % 1000
     train, evaluate = TrainTransform(size), EvalTransform(size)
@@ -158,8 +165,12 @@ def bench_input(
                             "steps_per_call": steps_per_call, "chunks": chunks,
                             "images_per_s": rate, "images_per_s_per_thread": rate / t})
     sizes = [len(b) for b in blobs]
-    return {"size": size, "images": images, "mean_jpeg_bytes": float(np.mean(sizes)),
-            "shapes": [list(s) for s in SHAPES], "transforms": rows, "streams": streams}
+    out = {"size": size, "images": images, "mean_jpeg_bytes": float(np.mean(sizes)),
+           "shapes": [list(s) for s in SHAPES], "transforms": rows, "streams": streams}
+    if feeds:
+        out["feeds"] = feeds_bench.bench_feeds(quick=quick, repeats=repeats,
+                                               min_sample_s=min_sample_s)
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -180,4 +191,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['pipeline']} | {r['threads']} | {r['batch']} × "
                      f"{r['steps_per_call']} | {r['images_per_s']:.0f} | "
                      f"{r['images_per_s_per_thread']:.0f} |")
+    if "feeds" in result:
+        one = [r["images_per_s"] for r in result["transforms"]
+               if r["what"] == "train" and r["threads"] == 1]
+        lines += ["", feeds_bench.markdown(result["feeds"], one[0] if one else None)]
     return "\n".join(lines)
