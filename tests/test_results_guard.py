@@ -1,0 +1,64 @@
+"""The committed results guard their reports: for every experiments/*/results.json, the verdicts
+stored there follow from its numbers (the experiment's `verdicts(results)` recomputes them),
+rest on n >= 3 or say "preliminary" (or "not tested"), appear in its report.md as the verdict
+table rendered from them, and the root README's overview table is the one generated from all
+of them. Reads files only (no training): a report edited by hand, a results.json regenerated
+without its report, or a README row left behind fails here.
+
+To repair: `python experiments/<name>/run.py --report-only` rewrites a report from its
+results.json; the README's table is `normlab.reports.experiment.experiments_overview()`.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from normlab.reports.experiment import experiments_overview, load_experiment, provenance_line
+from normlab.reports.markdown import MIN_SEEDS, VERDICTS, Verdict, verdict_table
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = sorted(REPO.glob("experiments/e*/results.json"))
+NAMES = [p.parent.name for p in RESULTS]
+
+
+def _stored(name: str) -> dict:
+    return json.loads((REPO / "experiments" / name / "results.json").read_text())
+
+
+def test_every_experiment_has_results():
+    assert len(NAMES) == 12, NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_verdicts_rest_on_enough_seeds_or_say_preliminary(name):
+    verdicts = _stored(name).get("verdicts")
+    assert verdicts, f"{name}/results.json stores no verdicts"
+    for v in verdicts:
+        assert v["verdict"] in VERDICTS, v
+        enough = v["n"] is not None and v["n"] >= MIN_SEEDS
+        assert enough or v["verdict"] == "not tested" or v["shown"].startswith("preliminary: "), v
+        assert v["shown"] == Verdict.from_dict(v).shown, v
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_verdicts_follow_from_the_stored_numbers(name):
+    results = _stored(name)
+    recomputed = load_experiment(name).verdicts(results)
+    assert [v.to_dict() for v in recomputed] == results["verdicts"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_report_shows_the_stored_verdicts_and_provenance(name):
+    results = _stored(name)
+    text = (REPO / "experiments" / name / "report.md").read_text()
+    table = verdict_table([Verdict.from_dict(v) for v in results["verdicts"]])
+    assert table in text, f"{name}/report.md lacks the verdict table of its results.json"
+    assert f"| results from | {provenance_line(results)} |" in text
+
+
+def test_readme_overview_is_generated_from_the_results():
+    readme = (REPO / "README.md").read_text()
+    assert experiments_overview() in readme, (
+        "README.md's experiment overview differs from experiments_overview() of the committed "
+        "results.json files")
