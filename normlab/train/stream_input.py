@@ -49,7 +49,8 @@ def encoded_images(image_shape: tuple) -> bool:
 
 
 def choose_pipeline(config: ConfigDict, image_shape: tuple, num_examples: int) -> str:
-    """"device" or "stream" for `config.data.pipeline` (see the module docstring)."""
+    """"device" or "stream" for `config.data.pipeline` (see the module docstring): "auto" counts
+    the split's uint8 bytes as stored, N·H·W·C, against `data.device_budget_mb` (MiB)."""
     wanted = config.data.pipeline
     if encoded_images(image_shape):
         if wanted == "device":
