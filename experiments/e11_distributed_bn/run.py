@@ -17,7 +17,8 @@ here before JAX is imported) sharing this machine's cores: their step times meas
 overhead of each layout, not a speed-up.
 
     python experiments/e11_distributed_bn/run.py            # ~14 min of CPU time
-    python experiments/e11_distributed_bn/run.py --reuse    # reuse the finished training runs
+    python experiments/e11_distributed_bn/run.py --reuse    # reuse finished runs of the same code
+    python experiments/e11_distributed_bn/run.py --report-only  # from results.json alone
     python experiments/e11_distributed_bn/run.py --tiny --out /tmp/e11    # digits, seconds
 """
 

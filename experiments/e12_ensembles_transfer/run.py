@@ -15,7 +15,8 @@ source's backbone frozen and a new head (linear probe, lr 0.1), or fully fine-tu
 source (lr 0.01); 3 seeds each. Test accuracy on the target's 10,000 test images.
 
     python experiments/e12_ensembles_transfer/run.py          # 85 runs, ~15 min CPU
-    python experiments/e12_ensembles_transfer/run.py --reuse  # rewrite the report from the runs
+    python experiments/e12_ensembles_transfer/run.py --reuse  # reuse finished runs of the same code
+    python experiments/e12_ensembles_transfer/run.py --report-only  # from results.json alone
     python experiments/e12_ensembles_transfer/run.py --tiny --out /tmp/e12   # digits, ~1 min
 """
 

@@ -11,7 +11,8 @@ percentiles of a last-hidden-layer sigmoid input over training (Fig. 1b, c), bot
 the smallest grid lr, and the steps to reach 90/95/97/98% test accuracy.
 
     python experiments/e4_bn_mnist/run.py              # 14 runs of 50k steps, ~1 h (CPU)
-    python experiments/e4_bn_mnist/run.py --reuse      # rewrite the report from finished runs
+    python experiments/e4_bn_mnist/run.py --reuse      # reuse finished runs of the same code
+    python experiments/e4_bn_mnist/run.py --report-only  # from results.json alone
     python experiments/e4_bn_mnist/run.py --tiny --out /tmp/e4    # digits, seconds
 """
 

@@ -10,7 +10,8 @@ large and a small batch, several seeds; validation (5,000 held-out training imag
 measures on the trained nets.
 
     python experiments/e6_norms/run.py            # reduced size for a 2-core CPU, ~1 h
-    python experiments/e6_norms/run.py --reuse    # rewrite the report from finished runs
+    python experiments/e6_norms/run.py --reuse    # reuse finished runs of the same code
+    python experiments/e6_norms/run.py --report-only  # from results.json alone
     python experiments/e6_norms/run.py --tiny --out /tmp/e6     # (a) only, 4 norms, seconds
 
 Full size (a GPU job): the same script with FULL_TRAINING below set to

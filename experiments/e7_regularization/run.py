@@ -15,7 +15,8 @@ same function), and for both forms the test-time output is compared with the ave
 train-mode output over many random masks.
 
     python experiments/e7_regularization/run.py             # 22 runs, ~35 min (loaded CPU)
-    python experiments/e7_regularization/run.py --reuse     # rewrite the report from the runs
+    python experiments/e7_regularization/run.py --reuse     # reuse finished runs of the same code
+    python experiments/e7_regularization/run.py --report-only  # from results.json alone
     python experiments/e7_regularization/run.py --tiny --out /tmp/e7    # digits, seconds
 """
 

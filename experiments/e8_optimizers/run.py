@@ -15,7 +15,8 @@ larger start) and keeps the better on validation. The learning rates are chosen 
 chosen settings are rerun with seeds 1 and 2 (`SEEDS`) for the tables' mean ± 95% CI.
 
     python experiments/e8_optimizers/run.py            # 56 runs of 4,000 steps, ~12 min CPU
-    python experiments/e8_optimizers/run.py --reuse    # rewrite the report from finished runs
+    python experiments/e8_optimizers/run.py --reuse    # reuse finished runs of the same code
+    python experiments/e8_optimizers/run.py --report-only  # from results.json alone
     python experiments/e8_optimizers/run.py --tiny --out /tmp/e8    # digits, 4 runs, seconds
 """
 

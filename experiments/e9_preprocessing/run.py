@@ -17,7 +17,8 @@ standard Gaussian matrix, averaged over `DIRECTIONS` random directions, for ε i
 at initialization and after training.
 
     python experiments/e9_preprocessing/run.py            # 21 runs, ~21 min (loaded CPU)
-    python experiments/e9_preprocessing/run.py --reuse    # rewrite the report from the runs
+    python experiments/e9_preprocessing/run.py --reuse    # reuse finished runs of the same code
+    python experiments/e9_preprocessing/run.py --report-only  # from results.json alone
     python experiments/e9_preprocessing/run.py --tiny --out /tmp/e9    # 2 runs, 1,000 images
 """
 
