@@ -210,6 +210,7 @@ def test_optimizer_wrapper_options_are_checked():
 # ------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # ~15 s CPU: preparing CIFAR-10 once, 12 steps, the 6-view evaluation
 @pytest.mark.skipif(not (DATA / "cifar10" / "data_batch_1.npz").is_file(),
                     reason=f"CIFAR-10 archives not found in {DATA}")  # as the other data tests
 def test_speedrun_runlocal_trains(tmp_path, monkeypatch):

@@ -22,6 +22,9 @@ checkpoints, restores, transfers and averages across devices, so the fit needs n
 anywhere else. The first batch is a large sample of patches (B·(H − p + 1)·(W − p + 1): 983,040
 at B = 1024 on CIFAR-10) for a D×D = 12×12 covariance; it is fitted in float32 with exact
 matmuls (no TF32/bf16 passes) and `eigh`. Evaluating before any training step uses W = 0.
+Under `jax.jit` the fit sees the whole (sharded) batch; in the mapped modes (pmap) each device
+fits its own rows and the step averages the fits across devices, as it averages BN's running
+statistics (the fixed PCA signs keep the per-device filters aligned; "zca" is sign-free).
 
     layer = PatchWhitening(patch_size=2, eps=5e-4)
     variables = layer.init(key, x_NHWC, train=False)
