@@ -4,6 +4,7 @@
     normlab bench --norm-ops --json norm_ops.json          # each norm alone, relative to BN
     normlab bench --quick                                  # a seconds-long smoke run
     normlab bench --input --json input.json    # host JPEG decode + augment, the stream (no model)
+    normlab bench --suite gpu --json gpu.json  # the accelerator suite (normlab/bench/suite.py)
 
 Prints Markdown tables, the targets of the benchmark issue (met or not, with the measured
 ratios) and, with --json FILE, writes everything with the run's provenance (command, device,
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from normlab.bench import input as input_bench
 from normlab.bench import models as model_bench
-from normlab.bench import norm_ops
+from normlab.bench import norm_ops, suite
 from normlab.bench.harness import as_json, machine_load, matmul_flops_per_s, peak_memory_bytes
 
 # Defaults of --quick and of a full run; explicit options override them.
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--input: the stream's batch (default 32)")
     parser.add_argument("--input-chunks", type=int,
                         help="--input: stream chunks timed after a warm-up chunk (default 8)")
+    parser.add_argument("--suite", choices=["gpu"],
+                        help="gpu: the one-command accelerator suite (norms vs BN and flax, "
+                        "ResNet-20/50 bf16 steps with MFU, input, parallel layouts); with "
+                        "--json FILE also FILE's .md table")
     parser.add_argument("--quick", action="store_true",
                         help="a seconds-long smoke run: tiny model and shapes, 2 repeats")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -175,19 +180,20 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets that this run measured: measured value, threshold, met."""
     out = []
+    norm_rows = result.get("norm_ops") or result.get("suite", {}).get("norm_ops", [])
 
     def add(name: str, measured: float, threshold: float, at_least: bool = False) -> None:
         met = measured >= threshold if at_least else measured <= threshold
         out.append({"target": name, "measured": measured, "threshold": threshold, "met": met})
 
     for norm in ("group", "layer", "group+proxy", "layer+proxy"):
-        ratios = [r["fwd_bwd_ratio_to_batch"] for r in result.get("norm_ops", [])
+        ratios = [r["fwd_bwd_ratio_to_batch"] for r in norm_rows
                   if r["norm"] == norm and r["fwd_bwd_ratio_to_batch"] is not None]
         if ratios:
             add(f"{norm} fwd+bwd / BN, worst shape", max(ratios), TARGETS["norm_fwd_bwd"])
     for norm in ("batch", "layer"):
         for mode, name in (("fwd", "fwd"), ("fwd_bwd", "fwd+bwd")):
-            ratios = [r[f"{mode}_ratio_to_flax"] for r in result.get("norm_ops", [])
+            ratios = [r[f"{mode}_ratio_to_flax"] for r in norm_rows
                       if r["norm"] == norm and r.get(f"{mode}_ratio_to_flax") is not None]
             if ratios:
                 add(f"{norm} {name} / flax's, worst shape", max(ratios), TARGETS["norm_vs_flax"])
@@ -198,6 +204,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if (result["backend"] == "gpu" and r["dtype"] == "bfloat16"
                 and r["utilization"] is not None):
             add(f"MFU {r['norm']}, {where}", r["utilization"], TARGETS["gpu_bf16_mfu"], True)
+    for r in result.get("suite", {}).get("models", []):
+        if r["dtype"] == "bfloat16" and r["mfu"] is not None:
+            add(f"MFU {r['model']} batch {r['batch']} bfloat16", r["mfu"],
+                TARGETS["gpu_bf16_mfu"], True)
     for p in result.get("pipeline", []):
         where = f"{p['model']} batch {p['batch']} {p['dtype']}"
         add(f"resident input pipeline / on-device batch, {where}", p["resident_ratio"],
@@ -214,7 +224,9 @@ def benchmark(s: dict[str, Any]) -> dict[str, Any]:
                               "load_before": machine_load(),
                               "settings": {k: v for k, v in s.items() if k != "func"}}
     min_sample_s = s["min_sample_ms"] / 1e3
-    if s["input"]:
+    if s["suite"]:
+        result["suite"] = suite.bench_suite(quick=s["quick"])
+    elif s["input"]:
         result["input"] = input_bench.bench_input(
             size=s["input_size"], threads=s["input_threads"], images=s["input_images"],
             batch=s["input_batch"], steps_per_call=s["steps_per_call"],
@@ -257,6 +269,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"{result['command']}", f"device: {result['device']}; {result['time_utc']} UTC; "
              f"git {result['git_revision']}; load average (1/5/15 min) before {load[0]}, "
              f"after {load[1]} on {result['load_before']['cpu_count']} CPUs", ""]
+    if "suite" in result:
+        lines += [suite.markdown(result["suite"]), ""]
     if "norm_ops" in result:
         lines += [norm_ops.markdown(result["norm_ops"]), ""]
     if "input" in result:
@@ -280,6 +294,10 @@ def run(args: argparse.Namespace) -> int:
     if s["json"]:
         Path(s["json"]).write_text(json.dumps(result, indent=2))
         print(f"\nwrote {s['json']}")
+        if s["suite"]:
+            table = Path(s["json"]).with_suffix(".md")
+            table.write_text(report(result) + "\n")
+            print(f"wrote {table}")
     return 0
 
 
