@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from normlab.errors import NonFiniteLossError
+from normlab.sweep.expand import expand
 from normlab.train.evaluate import evaluate_workdir
 from normlab.train.loop import train
 from normlab.train.run import build_run
 from normlab.train.saved import load_saved
 from normlab.train.validate import validate
 
+REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-6, 1e-7
 SEED = 5
 
@@ -68,24 +71,25 @@ def _steps(run, chunks=(10, 10)):
 
 
 def test_each_seed_equals_its_own_run(digits_config):
-    """K=2 seeds (5, 6) on the 8-device mesh (batch sharded, seed axis replicated) vs two
-    separate runs: every per-step metric, the parameters, BN statistics and the evaluation."""
+    """K=2 seeds (5, 6) on the 8-device mesh (batch sharded, seed axis replicated): seed 6 vs
+    its separate run in every per-step metric, the parameters, BN statistics and the evaluation
+    (both seeds of a K=2 run against their own runs' records: the diverged-seed test)."""
     seeds_run = build_run(_config(digits_config, "num_seeds=2", f"seed={SEED}"))
     metrics = _steps(seeds_run)
     assert metrics["train_loss"].shape == (2, 20)
     evals = seeds_run.evaluate()
     leaf = jax.tree.leaves(seeds_run.state.params)[0]
     assert leaf.sharding.is_fully_replicated and leaf.shape[0] == 2
-    for i in range(2):
-        single = build_run(_config(digits_config, f"seed={SEED + i}"))
-        expected = _steps(single)
-        for name, values in expected.items():
-            np.testing.assert_allclose(metrics[name][i], values, rtol=RTOL, atol=ATOL, err_msg=name)
-        mine = jax.tree.map(lambda a, i=i: np.asarray(a[i]), seeds_run.state)
-        for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(single.state), strict=True):
-            np.testing.assert_allclose(got, np.asarray(want), rtol=RTOL, atol=ATOL)
-        for name, value in single.evaluate().items():
-            np.testing.assert_allclose(evals[name][i], value, rtol=RTOL, atol=ATOL, err_msg=name)
+    i = 1
+    single = build_run(_config(digits_config, f"seed={SEED + i}"))
+    expected = _steps(single)
+    for name, values in expected.items():
+        np.testing.assert_allclose(metrics[name][i], values, rtol=RTOL, atol=ATOL, err_msg=name)
+    mine = jax.tree.map(lambda a: np.asarray(a[i]), seeds_run.state)
+    for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(single.state), strict=True):
+        np.testing.assert_allclose(got, np.asarray(want), rtol=RTOL, atol=ATOL)
+    for name, value in single.evaluate().items():
+        np.testing.assert_allclose(evals[name][i], value, rtol=RTOL, atol=ATOL, err_msg=name)
     # the seeds are different runs (a shared seed would pass the checks above as well)
     assert np.min(np.abs(metrics["train_loss"][0] - metrics["train_loss"][1])) > 1e-3
 
@@ -168,3 +172,74 @@ def test_eval_names_a_seed(seeds_workdir):
     saved = load_saved(workdir / "seeds" / "2")
     assert saved.config.seed == SEED + 2 and saved.config.num_seeds == 1
     assert saved.run.evaluate() == {f"eval_{k}": v for k, v in result["eval"].items()}
+
+
+def _unstable(*overrides):
+    """A plain ReLU MLP at lr 3 on digits: seed 7 diverges at step 11, seed 6 trains on."""
+    from normlab.config import apply_overrides, load_config
+
+    config = load_config(f"{REPO}/configs/mnist_mlp.py:dataset=digits,norm=none,act=relu,runlocal")
+    apply_overrides(config, ["lr=3.0", "checkpoint_every_steps=5", "keep_checkpoints=5",
+                             *overrides])
+    return config
+
+
+def test_a_diverged_seed_stops_as_its_own_run_while_the_others_go_on(tmp_path):
+    alone = {}
+    for seed in (6, 7):
+        try:
+            train(_unstable(f"seed={seed}"), tmp_path / str(seed), progress=False)
+            alone[seed] = None
+        except NonFiniteLossError as err:
+            alone[seed] = str(err)
+    assert alone[6] is None and "at step 11" in alone[7], alone  # the premise of this test
+    workdir = tmp_path / "seeds"
+    summary = train(_unstable("seed=6", "num_seeds=2"), workdir, progress=False)
+    assert summary["finished"] and summary["seeds"]["diverged"] == [1]
+    for i, seed in enumerate((6, 7)):
+        assert _records(workdir / "seeds" / str(i)) == _records(tmp_path / str(seed))
+    marker = json.loads((workdir / "seeds" / "1" / "diverged.json").read_text())
+    assert marker["last_good_step"] == 10 and "seed 1 (seed=7)" in marker["message"]
+    assert "non-finite training loss (nan) at step 11" in marker["message"]
+    seed_summary = json.loads((workdir / "seeds" / "1" / "summary.json").read_text())
+    assert not seed_summary["finished"] and seed_summary["step"] == 10
+    # the diverged seed is out of `final`, as a diverged run is (reports.stats.final_metric)
+    final_loss = summary["seeds"]["final"]["train_loss"]
+    assert final_loss["values"][1] is None and final_loss["n"] == 1
+    assert summary["final"]["train_loss"] == final_loss["values"][0]
+    # resumed before the divergence (checkpoint 5): replayed, marked again, the same files
+    before = {i: _records(workdir / "seeds" / str(i)) for i in range(2)}
+    for step in (10, 15, 20):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    again = train(_unstable("seed=6", "num_seeds=2"), workdir, progress=False)
+    assert again["seeds"]["diverged"] == [1]
+    assert {i: _records(workdir / "seeds" / str(i)) for i in range(2)} == before
+
+
+def test_sweep_groups_trials_that_differ_only_by_consecutive_seeds(tmp_path):
+    config = tmp_path / "swept.py"
+    config.write_text(
+        "from normlab.config import load_module\n"
+        f"get_config = load_module({str(REPO / 'configs' / 'mnist_mlp.py')!r}).get_config\n\n"
+        "def sweep(add, arg=None):\n"
+        "    for norm in ('none', 'batch'):\n"
+        "        for seed in (2, 0, 1):\n"
+        "            add(model__norm=norm, seed=seed)\n"
+        "    add(lr=0.3, seed=0)\n"
+        "    add(lr=0.3, seed=2)\n"  # not consecutive with seed 0: two trials
+        "    add(lr=0.7)\n"
+    )
+    spec = f"{config}:dataset=digits,runlocal"
+    trials = expand(spec, tmp_path / "sw", group_seeds=True)
+    assert [t.overrides for t in trials] == [
+        {"model.norm": "none", "seed": 0, "num_seeds": 3},
+        {"model.norm": "batch", "seed": 0, "num_seeds": 3},
+        {"lr": 0.3, "seed": 0},
+        {"lr": 0.3, "seed": 2},
+        {"lr": 0.7},
+    ]
+    assert trials[0].name == "norm=none,seed=0,num_seeds=3"
+    assert "--config.num_seeds=3" in trials[0].command and "--config.seed=0" in trials[0].command
+    assert len(expand(spec, tmp_path / "sw")) == 9  # without the flag: every add() a trial
+    with pytest.raises(ValueError, match="drop --group-seeds"):
+        expand(spec, tmp_path / "sw", processes=2, group_seeds=True)

@@ -58,6 +58,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--status", action="store_true", help="show each trial's state and exit")
     sweep.add_argument("--wait", action="store_true", help="wait for the SLURM trials to end")
     sweep.add_argument(
+        "--group-seeds", action="store_true",
+        help="run the trials that differ only by consecutive seeds as one trial of num_seeds "
+        "seeds in one program (seed=s,num_seeds=K; its seeds/<i> are the trials' runs)",
+    )  # fmt: skip
+    sweep.add_argument(
         "--local.parallel", dest="local_parallel", type=int, default=1, metavar="N",
         help="local backend: trials run at once (default 1)",
     )  # fmt: skip
@@ -148,7 +153,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     elif args.local_parallel < 1:
         raise ValueError(f"--local.parallel must be at least 1, got {args.local_parallel}")
     processes = resources.processes if resources else 1
-    trials = expand(args.config, args.workdir, processes=processes)
+    trials = expand(args.config, args.workdir, processes=processes, group_seeds=args.group_seeds)
 
     if args.dry_run:
         for trial in trials:

@@ -38,6 +38,7 @@ from normlab.config import (
 )
 from normlab.errors import NormlabError
 from normlab.jsonfile import read_json
+from normlab.sweep.seeds import group_seed_trials
 
 SWEEP_FILE = "sweep.json"
 _NAME_LIMIT = 120
@@ -148,10 +149,14 @@ def trial_command(spec: str, workdir: str, assignments: list[str], processes: in
     ]
 
 
-def expand(spec: str, sweep_dir: str | Path, *, processes: int = 1) -> list[Trial]:
+def expand(
+    spec: str, sweep_dir: str | Path, *, processes: int = 1, group_seeds: bool = False
+) -> list[Trial]:
     """The trials of `spec`'s sweep, each validated; raises ValueError listing every bad trial.
 
     `processes` > 1 makes each trial one multi-process JAX job (see `normlab.sweep.distributed`).
+    `group_seeds`: trials that differ only by consecutive seeds become one `num_seeds` trial
+    (`normlab.sweep.seeds`; one process only).
     """
     from normlab.train.validate import validate  # imports jax: only when a sweep is expanded
 
@@ -160,7 +165,13 @@ def expand(spec: str, sweep_dir: str | Path, *, processes: int = 1) -> list[Tria
     trials: list[Trial] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for index, overrides in enumerate(sweep_overrides(spec)):
+    found = sweep_overrides(spec)
+    if group_seeds:
+        if processes != 1:
+            raise ValueError(f"group_seeds runs a trial's seeds in one process; this sweep's "
+                             f"trials have {processes} processes: drop --group-seeds")
+        found = group_seed_trials(found)
+    for index, overrides in enumerate(found):
         try:
             assignments = [f"{k}={format_value(k, v)}" for k, v in overrides.items()]
             name = trial_name(overrides)

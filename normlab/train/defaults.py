@@ -14,6 +14,10 @@ its own resumes from them; `init_from` only decides how a run starts.
 
 Snapshot ensembles: `schedule.name = "snapshot"` (cyclic cosine, `num_snapshots` cycles) also
 saves the state at the end of every cycle under workdir/snapshots/<step> (all kept).
+
+Many seeds: `num_seeds = K > 1` trains seeds `seed, ..., seed + K - 1` in one program, each equal
+to its own run, writing workdir/seeds/<i>/ and an across-seed summary (`normlab.train.seeds`);
+the data set on the devices and data parallelism only (checked in `validate`).
 """
 
 from __future__ import annotations

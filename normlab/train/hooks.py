@@ -7,7 +7,9 @@ metrics.jsonl, so a step's train, eval and diagnostic metrics stay together.
 
 With `num_seeds` = K > 1 (`normlab.train.seeds`) a chunk's metrics are (K, steps) arrays and a
 record's values are (K,) arrays, seed i's at index i, or scalars shared by every seed (the
-program's `steps_per_s`); `WriteMetrics` writes seed i's record to workdir/seeds/<i>/.
+program's `steps_per_s`); `WriteMetrics` writes seed i's record to workdir/seeds/<i>/. A seed
+that diverges stops where its own run would (`normlab.train.seeds.mark_diverged`: no more
+records, a diverged.json marker) while the others go on; the run stops when all have diverged.
 
     hooks = default_hooks(run, workdir, progress=True, is_main=True)
     tick = Tick(step, final=step == run.total_steps, stopping=False, metrics=chunk_metrics)
@@ -31,7 +33,7 @@ from normlab.errors import NonFiniteLossError
 from normlab.train.checkpoint import Checkpointer
 from normlab.train.metrics import MetricWriter, Progress
 from normlab.train.run import SNAPSHOTS, Run
-from normlab.train.seeds import SEEDS
+from normlab.train.seeds import SEEDS, mark_diverged
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,8 @@ class WriteMetrics(Hook):
             self.writers[0].write(tick.step, tick.record)
             return
         for i, writer in enumerate(self.writers):
+            if i in run.diverged:  # its own run stopped before this record
+                continue
             writer.write(tick.step, {
                 name: value[i] if np.ndim(value) else value for name, value in tick.record.items()
             })
@@ -149,10 +153,24 @@ class WriteMetrics(Hook):
             writer.close()
 
 
-@jax.jit
-def _all_finite(params, batch_stats) -> jax.Array:
+def _finite(params, batch_stats) -> jax.Array:
     leaves = jax.tree.leaves((params, batch_stats))
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+_all_finite = jax.jit(_finite)
+_each_seed_finite = jax.jit(jax.vmap(_finite))  # (K,) of a stacked state
+
+
+def _going_on(run: Run, why: dict[int, str], last_good_step: int) -> bool:
+    """With several seeds of which only some (`why`'s, not yet diverged) went non-finite: marks
+    them diverged and says the run goes on; False when none would be left to go on."""
+    alive = [i for i in range(run.num_seeds) if i not in run.diverged]
+    if len(why) == len(alive):
+        return False
+    for i, message in why.items():
+        mark_diverged(run, i, last_good_step, message)
+    return True
 
 
 def check_saveable(run: Run, step: int, checkpointer: Checkpointer) -> None:
@@ -160,11 +178,17 @@ def check_saveable(run: Run, step: int, checkpointer: Checkpointer) -> None:
     that of the parameters *before* its update, so an update can diverge while every loss
     the loop saw was finite; a checkpoint called "last good" must really be good."""
     state = run.canonical()
-    if not bool(_all_finite(state.params, state.batch_stats)):
-        raise NonFiniteLossError(
-            f"the parameters or statistics became non-finite by step {step} (the losses were "
-            f"still finite); stopped without saving. {_last_good(checkpointer)}"
-        )
+    why = f"the parameters or statistics became non-finite by step {step} (the losses were " \
+          "still finite)"
+    if run.num_seeds == 1:
+        if not bool(_all_finite(state.params, state.batch_stats)):
+            raise NonFiniteLossError(f"{why}; stopped without saving. {_last_good(checkpointer)}")
+        return
+    finite = np.asarray(_each_seed_finite(state.params, state.batch_stats))
+    bad = [i for i in np.flatnonzero(~finite).tolist() if i not in run.diverged]
+    if bad and not _going_on(run, dict.fromkeys(bad, why), step):
+        raise NonFiniteLossError(f"{why} in seed(s) {bad} of {run.num_seeds}, the last ones "
+                                 f"training; stopped without saving. {_last_good(checkpointer)}")
 
 
 def _last_good(checkpointer: Checkpointer) -> str:
@@ -176,21 +200,30 @@ def _last_good(checkpointer: Checkpointer) -> str:
 
 
 def raise_if_diverged(run: Run, first_step: int, metrics: dict[str, np.ndarray]) -> None:
-    """NonFiniteLossError naming the first step of the chunk whose loss is not finite (in any
-    seed: a K-seed run stops as a whole, naming the seeds).
+    """NonFiniteLossError naming the first step of the chunk whose loss is not finite. With
+    several seeds, those that diverge while others train on are marked diverged
+    (`seeds.mark_diverged`) and the run goes on; the error names the last ones to diverge.
 
     The loss of step s + 1 is that of the state after step s: a non-finite loss in the chunk's
     first step condemns the state saved at its start, if it was saved. That checkpoint is moved
     to `workdir/diverged_checkpoints/` so that the one the message names, and a rerun resumes
     from, is the newest state whose loss was seen finite.
     """
-    finite_SK = np.isfinite(np.atleast_2d(metrics["train_loss"]))  # (seeds, steps)
-    if np.all(finite_SK):
+    loss_SK = np.atleast_2d(metrics["train_loss"])  # (seeds, steps)
+    finite_SK = np.isfinite(loss_SK)
+    alive = [i for i in range(len(loss_SK)) if i not in run.diverged]
+    newly = [i for i in alive if not finite_SK[i].all()]
+    if not newly:
         return
-    bad = int(np.argmin(finite_SK.all(axis=0)))
-    diverged = np.flatnonzero(~finite_SK[:, bad])
-    loss = np.atleast_2d(metrics["train_loss"])[diverged[0], bad]
-    which = f" in seed(s) {diverged.tolist()} of {run.num_seeds}" if run.num_seeds > 1 else ""
+    first_bad = {i: int(np.argmin(finite_SK[i])) for i in newly}
+    why = {i: f"non-finite training loss ({loss_SK[i, b]}) at step {first_step + b + 1}"
+           for i, b in first_bad.items()}
+    if _going_on(run, why, first_step):
+        return
+    bad = min(first_bad.values())
+    diverged = [i for i in newly if first_bad[i] == bad]
+    loss = loss_SK[diverged[0], bad]
+    which = f" in seed(s) {diverged} of {run.num_seeds}" if run.num_seeds > 1 else ""
     where = ""
     if run.checkpointer is not None:
         run.checkpointer.wait()
@@ -244,7 +277,9 @@ class ShowProgress(Hook):
         self.bar = Progress(run.total_steps, run.start_step, run.config.batch_size, enabled)
 
     def __call__(self, run: Run, tick: Tick) -> None:
-        loss = float(np.mean(tick.metrics["train_loss"][..., -1]))  # several seeds: their mean
+        last = tick.metrics["train_loss"][..., -1]
+        finite = last[np.isfinite(last)]  # several seeds: the mean of those still training
+        loss = float(np.mean(finite)) if finite.size else float("nan")
         self.bar.update(tick.step, f"loss {loss:.4f}")
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ from ml_collections import ConfigDict
 
 from normlab.train.hooks import Tick, default_hooks, raise_if_diverged, seed_folders
 from normlab.train.run import build_run
-from normlab.train.seeds import seed_config, seed_values
+from normlab.train.seeds import clear_stale_markers, seed_config, seed_values
 from normlab.train.signals import StopSignals
 from normlab.train.summary import across_seeds, summarize
 from normlab.train.validate import validate
@@ -64,7 +64,7 @@ def train(
         run = build_run(config, devices, workdir)  # refuses a config its checkpoints don't fit
         if is_main:
             (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-            _write_seed_configs(config, workdir)
+            _prepare_seed_folders(config, workdir, run.diverged)
         if run.restored_meta is not None:
             log.info("resumed from the checkpoint at step %d", run.start_step)
         hooks = default_hooks(run, workdir, progress=progress, is_main=is_main)
@@ -87,12 +87,12 @@ def train(
                 hook.close()
             run.close()
         summary = _summarize(config, workdir, step, run.total_steps, time.time() - t_start,
-                             is_main)
+                             is_main, run.diverged)
     return summary
 
 
 def _summarize(config: ConfigDict, workdir: Path, step: int, total_steps: int, seconds: float,
-               is_main: bool) -> dict[str, Any]:
+               is_main: bool, diverged: dict[int, dict]) -> dict[str, Any]:
     """Writes summary.json (and each seed's of a K-seed run) and returns the run's."""
     kwargs = {"step": step, "total_steps": total_steps, "seconds": seconds}
     if config.num_seeds == 1:
@@ -100,17 +100,24 @@ def _summarize(config: ConfigDict, workdir: Path, step: int, total_steps: int, s
     else:
         folders = seed_folders(workdir, config.num_seeds)
         per_seed = [summarize(folder, **kwargs) for folder in folders]
-        for folder, seed_summary in zip(folders, per_seed, strict=True):
-            (folder / "summary.json").write_text(json.dumps(seed_summary, indent=2))
+        for i, seed_summary in enumerate(per_seed):
+            if i in diverged:  # it stopped at its divergence, as its own run would have
+                seed_summary.update(finished=False, step=diverged[i]["last_good_step"],
+                                    diverged=diverged[i]["message"])
+        if is_main:
+            for folder, seed_summary in zip(folders, per_seed, strict=True):
+                (folder / "summary.json").write_text(json.dumps(seed_summary, indent=2))
         summary = across_seeds(per_seed, seed_values(config))
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _write_seed_configs(config: ConfigDict, workdir: Path) -> None:
-    """seeds/<i>/config.json of a K-seed run: the single-seed config seed i equals."""
+def _prepare_seed_folders(config: ConfigDict, workdir: Path, diverged: dict[int, dict]) -> None:
+    """seeds/<i>/config.json of a K-seed run (the single-seed config seed i equals); no
+    diverged marker of a seed that has not diverged from where this session starts."""
     if config.num_seeds > 1:
         for i, folder in enumerate(seed_folders(workdir, config.num_seeds)):
             (folder / "config.json").write_text(json.dumps(seed_config(config, i).to_dict(),
                                                            indent=2))
+        clear_stale_markers(workdir, config.num_seeds, diverged)

@@ -77,6 +77,9 @@ class Run:
     checkpointer: Checkpointer | None = None
     restored_meta: dict[str, Any] | None = None  # the checkpoint's metadata, when restored
     seed_batches: seeds.SeedBatches | None = None  # num_seeds > 1: each seed's batches
+    workdir: Path | None = None
+    # num_seeds > 1: seed index -> why it diverged (`seeds.mark_diverged`); the others go on
+    diverged: dict[int, dict] = field(default_factory=dict)
     _evaluate: Any = None
     _evaluate_batches: Any = None
     _diagnostics: Any = None
@@ -303,6 +306,9 @@ def build_run(
         restored_meta=meta,
         seed_batches=seeds.SeedBatches(data, seeds.seed_values(config))
         if config.num_seeds > 1 else None,
+        workdir=None if workdir is None else Path(workdir),
+        diverged=seeds.read_diverged(workdir, config.num_seeds, start_step)
+        if restored is not None and config.num_seeds > 1 else {},
         _evaluate=make_evaluator(model, data.prepare),
         _evaluate_batches=make_batch_evaluator(model, data.prepare),
         _diagnostics=make_diagnostics(model, config.model.activation, data.prepare),

@@ -29,7 +29,10 @@ one-process runs on the device-held data set, with jit over mesh.data, do this
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -43,6 +46,8 @@ from normlab.data.loader import EpochSampler
 from normlab.parallel.mesh import replicated
 from normlab.train.state import TrainState, init_state
 from normlab.train.step import StepConfig, chunk_body
+
+log = logging.getLogger(__name__)
 
 SEEDS = "seeds"  # workdir/seeds/<i>/: seed i's metrics.jsonl, summary.json, config.json
 
@@ -144,3 +149,45 @@ def check_assembly(config: ConfigDict, pipeline: str) -> None:
             f"num_seeds={config.num_seeds} runs in one process; this job has "
             f"{jax.process_count()}: run it on one host, or num_seeds=1"
         )
+
+
+# ---------------------------------------------------------------------------- diverged seeds
+# A seed whose loss (or state) becomes non-finite stops where its own run would have stopped
+# (`NonFiniteLossError`): its metrics end at the last record before, and
+# workdir/seeds/<i>/diverged.json (the marker `normlab.reports.runs` gives a diverged run) says
+# why; the other seeds train on. Only when every seed has diverged does the run stop.
+DIVERGED = "diverged.json"
+
+
+def mark_diverged(run: Any, i: int, last_good_step: int, message: str) -> None:
+    """Records that seed i diverged (its metrics are complete up to `last_good_step`), in
+    `run.diverged` and, with a workdir, in its marker file."""
+    message = f"seed {i} (seed={run.config.seed + i}): {message}"
+    run.diverged[i] = {"message": message, "last_good_step": last_good_step}
+    log.warning("%s; the other seeds go on", message)
+    if run.workdir is not None and jax.process_index() == 0:
+        path = Path(run.workdir) / SEEDS / str(i) / DIVERGED
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run.diverged[i]) + "\n")
+
+
+def read_diverged(workdir: str | Path, num_seeds: int, start_step: int) -> dict[int, dict]:
+    """The seeds a run resumed at `start_step` knows diverged: their markers, where the metrics
+    they stopped at are not after the resume step (an earlier checkpoint replays the steps up
+    to the divergence, which marks it again)."""
+    found = {}
+    for i in range(num_seeds):
+        path = Path(workdir) / SEEDS / str(i) / DIVERGED
+        if path.is_file():
+            marker = json.loads(path.read_text())
+            if marker["last_good_step"] <= start_step:
+                found[i] = marker
+    return found
+
+
+def clear_stale_markers(workdir: str | Path, num_seeds: int, diverged: dict[int, dict]) -> None:
+    """Removes the markers of seeds that, from this run's start, have not diverged (a fresh
+    start in an old workdir, or a resume before the divergence)."""
+    for i in range(num_seeds):
+        if i not in diverged:
+            (Path(workdir) / SEEDS / str(i) / DIVERGED).unlink(missing_ok=True)

@@ -19,7 +19,8 @@ A K-seed run (`num_seeds`, `normlab.train.seeds`) has one such summary per seed,
 over the seeds of each seed's final and best (the single-seed keys' meaning, averaged), and a
 `seeds` block holds, per metric, every seed's value with n, mean, sample sd and the half-width
 of the 95% Student-t CI of the mean (`normlab.reports.stats`; seeds without a finite value are
-left out of n).
+left out of n). A diverged seed (its summary has `diverged`, the reason) counts in `best` but
+not in `final`, as `normlab.reports.stats.final_metric` / `best_metric` count a diverged run.
 
     summary = across_seeds([summarize(f, ...) for f in seed_folders], seeds=[0, 1, 2])
 """
@@ -87,16 +88,26 @@ def across_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, 
     spread = {}
     for kind in ("final", "best"):
         names = list(dict.fromkeys(name for s in per_seed for name in s[kind]))
-        spread[kind] = {name: _spread([s[kind].get(name) for s in per_seed]) for name in names}
+        spread[kind] = {
+            name: _spread([
+                None if kind == "final" and "diverged" in s else s[kind].get(name)
+                for s in per_seed
+            ])
+            for name in names
+        }
     first = per_seed[0]  # one program: every seed has the same step and wall times
     return {
-        "finished": all(s["finished"] for s in per_seed),
+        "finished": first["step"] >= first["total_steps"],
         "step": first["step"],
         "total_steps": first["total_steps"],
         "final": {name: v["mean"] for name, v in spread["final"].items()},
         "best": {name: v["mean"] for name, v in spread["best"].items()},
         "num_seeds": len(seeds),
-        "seeds": {"seed": seeds, **spread},
+        "seeds": {
+            "seed": seeds,
+            "diverged": [i for i, s in enumerate(per_seed) if "diverged" in s],
+            **spread,
+        },
         "wall_seconds_this_session": first["wall_seconds_this_session"],
         "wall_seconds_total": first["wall_seconds_total"],
         **run_info(),
