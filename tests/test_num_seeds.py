@@ -243,3 +243,12 @@ def test_sweep_groups_trials_that_differ_only_by_consecutive_seeds(tmp_path):
     assert len(expand(spec, tmp_path / "sw")) == 9  # without the flag: every add() a trial
     with pytest.raises(ValueError, match="drop --group-seeds"):
         expand(spec, tmp_path / "sw", processes=2, group_seeds=True)
+
+
+def test_bench_seeds_needs_two_seeds_to_compare(capsys):
+    from normlab.bench import command
+
+    assert command.main(["--seeds", "--num-seeds", "1"]) == 1
+    assert "--num-seeds must be >= 2 to compare against separate runs, got 1" in (
+        capsys.readouterr().err
+    )

@@ -5,6 +5,7 @@
     normlab bench --quick                                  # a seconds-long smoke run
     normlab bench --input --json input.json    # host JPEG decode + augment, the stream (no model)
     normlab bench --suite gpu --json gpu.json  # the accelerator suite (normlab/bench/suite.py)
+    normlab bench --seeds --json seeds.json    # 8 seeds in one program vs 8 separate runs
 
 Prints Markdown tables, the targets of the benchmark issue (met or not, with the measured
 ratios) and, with --json FILE, writes everything with the run's provenance (command, device,
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from normlab.bench import input as input_bench
 from normlab.bench import models as model_bench
 from normlab.bench import norm_ops, suite
+from normlab.bench import seeds as seeds_bench
 from normlab.bench.harness import as_json, machine_load, matmul_flops_per_s, peak_memory_bytes
 
 # Defaults of --quick and of a full run; explicit options override them.
@@ -35,7 +37,7 @@ QUICK = {
     "image_size": 4, "batch_sizes": "8", "norms": "batch,group,group+proxy", "repeats": 2,
     "steps_per_call": 2, "dataset_size": 64, "matmul_size": 128, "shapes": "8x4x4x16",
     "min_sample_ms": 2.0, "input_size": 64, "input_images": 8, "input_batch": 4,
-    "input_chunks": 2,
+    "input_chunks": 2, "seed_steps_per_call": 5,
 }
 FULL = {  # normlab's CIFAR ResNet-20 config (pre-activation) at batch 128
     "models": "resnet20", "model_kwargs": '{"preact": true}', "image_size": 32,
@@ -43,7 +45,7 @@ FULL = {  # normlab's CIFAR ResNet-20 config (pre-activation) at batch 128
     "dataset_size": 4096, "matmul_size": None,
     "shapes": ",".join("x".join(map(str, s)) for s in norm_ops.DEFAULT_SHAPES),
     "min_sample_ms": 20.0, "input_size": 224, "input_images": 64, "input_batch": 32,
-    "input_chunks": 8,
+    "input_chunks": 8, "seed_steps_per_call": 100,
 }
 MODEL_NORMS = "batch,group,layer,group+proxy"
 TARGETS = {"norm_fwd_bwd": 1.15, "norm_vs_flax": 1.0, "step_gn_pn": 1.15, "pipeline": 1.05,
@@ -66,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--input: the stream's batch (default 32)")
     parser.add_argument("--input-chunks", type=int,
                         help="--input: stream chunks timed after a warm-up chunk (default 8)")
+    parser.add_argument("--seeds", action="store_true",
+                        help="time K seeds of a small MLP in one program (num_seeds) against K "
+                        "separate runs, instead of models")
+    parser.add_argument("--num-seeds", type=int, default=8, help="--seeds: K (default 8)")
+    parser.add_argument("--seed-steps-per-call", type=int,
+                        help="--seeds: steps per jitted call (default 100)")
     parser.add_argument("--suite", choices=["gpu"],
                         help="gpu: the one-command accelerator suite (norms vs BN and flax, "
                         "ResNet-20/50 bf16 steps with MFU, input, parallel layouts); with "
@@ -166,7 +174,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     for threads in s["input_threads"]:
         _positive(threads, "--input-threads")
     for name in ("repeats", "steps_per_call", "dataset_size", "matmul_size", "min_sample_ms",
-                 "image_size", "input_size", "input_images", "input_batch", "input_chunks"):
+                 "image_size", "input_size", "input_images", "input_batch", "input_chunks",
+                 "seed_steps_per_call"):
         _positive(s[name], f"--{name.replace('_', '-')}")
     for name in ("groups", "peak_tflops", "image_channels", "num_classes"):
         _positive(getattr(args, name), f"--{name.replace('_', '-')}")
@@ -226,6 +235,10 @@ def benchmark(s: dict[str, Any]) -> dict[str, Any]:
     min_sample_s = s["min_sample_ms"] / 1e3
     if s["suite"]:
         result["suite"] = suite.bench_suite(quick=s["quick"])
+    elif s["seeds"]:
+        result["seeds"] = seeds_bench.bench_seeds(
+            s["num_seeds"], steps_per_call=s["seed_steps_per_call"], repeats=s["repeats"],
+            min_sample_s=min_sample_s)
     elif s["input"]:
         result["input"] = input_bench.bench_input(
             size=s["input_size"], threads=s["input_threads"], images=s["input_images"],
@@ -275,6 +288,8 @@ def report(result: dict[str, Any]) -> str:
         lines += [norm_ops.markdown(result["norm_ops"]), ""]
     if "input" in result:
         lines += [input_bench.markdown(result["input"]), ""]
+    if "seeds" in result:
+        lines += [seeds_bench.markdown(result["seeds"]), ""]
     if "models" in result:
         per_dtype = result["peak_flops"]["per_dtype"]
         lines += ["peak FLOP/s: " + ", ".join(f"{d} {v / 1e9:.1f} G" for d, v in
