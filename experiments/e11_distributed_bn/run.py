@@ -203,7 +203,8 @@ def step_times(setups: dict[str, Setup], chunk: int, rounds: int) -> dict[str, f
 
 def _run(args, name: str, spec: str) -> RunResult:
     return run_training(load_config(f"{CONFIG}:{spec}"), args.runs / name, name=name,
-                        reuse=args.reuse, progress=args.progress)
+                        reuse=args.reuse, any_revision=args.reuse_any_revision,
+                        progress=args.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ model=resnet20,width=1,epochs=30,train_examples=45000 and three seeds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from normlab.reports.experiment import (
     report_results,
     train_config,
 )
+from normlab.reports.runs import code_digest
 from normlab.train import inputs
 from normlab.train.diagnostics import collect_preacts, power_decomposition
 from normlab.train.saved import load_saved
@@ -95,14 +97,18 @@ def power_results(args, dataset: str) -> dict[str, Any]:
     """Part (a)'s measures of the random nets, by norm (mean over the size's seeds)."""
     size = TINY_POWER if args.tiny else POWER
     cache = args.runs / "power.json"  # --reuse reads it: the random nets take minutes on CPU
-    if args.reuse and cache.is_file() and json.loads(cache.read_text())["size"] == size:
-        return json.loads(cache.read_text())["results"]
+    # the measures depend on the training code and on e6_power.py, beside this script
+    code = code_digest() + hashlib.sha256(Path(e6_power.__file__).read_bytes()).hexdigest()[:16]
+    if args.reuse and cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached["size"] == size and (args.reuse_any_revision or cached.get("code") == code):
+            return cached["results"]
     x = standardized_images(dataset, size["images"])
     nets = TINY_NETS if args.tiny else list(e6_power.NETS)
     results = e6_power.mean_over_seeds(x, nets, depth=size["depth"], width=size["width"],
                                        seeds=size["seeds"])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"size": size, "results": results}))
+    cache.write_text(json.dumps({"size": size, "code": code, "results": results}))
     return results
 
 

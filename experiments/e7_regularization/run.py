@@ -74,7 +74,8 @@ CHECK_IMAGES = 2000  # test images of the dropout check
 
 def _run(args, name: str, spec: str) -> RunResult:
     return run_training(load_config(f"{CONFIG}:{spec}"), args.runs / name, name=name,
-                        reuse=args.reuse, progress=args.progress, devices=args.devices)
+                        reuse=args.reuse, any_revision=args.reuse_any_revision,
+                        progress=args.progress, devices=args.devices)
 
 
 def gap(run: RunResult) -> float | None:

@@ -76,7 +76,9 @@ class Study:
         if name not in self.runs:
             spec = f"{CONFIG}:opt={opt},lr={lr},schedule={schedule},seed={seed}{self.extra}"
             self.runs[name] = run_training(load_config(spec), self.args.runs / name, name=name,
-                                           reuse=self.args.reuse, progress=self.args.progress,
+                                           reuse=self.args.reuse,
+                                           any_revision=self.args.reuse_any_revision,
+                                           progress=self.args.progress,
                                            devices=self.args.devices)
         return self.runs[name]
 
