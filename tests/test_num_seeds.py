@@ -80,6 +80,9 @@ def test_each_seed_equals_its_own_run(digits_config):
     evals = seeds_run.evaluate()
     leaf = jax.tree.leaves(seeds_run.state.params)[0]
     assert leaf.sharding.is_fully_replicated and leaf.shape[0] == 2
+    # each seed's batch is sharded over the 8 devices: the gradients are all-reduced
+    program = seeds_run.chunk.lower(seeds_run.state, *seeds_run.seed_batches.chunk_args(20, 10))
+    assert "all-reduce" in program.compile().as_text()
     i = 1
     single = build_run(_config(digits_config, f"seed={SEED + i}"))
     expected = _steps(single)
