@@ -210,6 +210,20 @@ def test_optimizer_wrapper_options_are_checked():
 # ------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.parametrize("size", ["", "runlocal,"])
+def test_speedrun_config_is_valid_with_every_norm(size):
+    from normlab.config import load_config
+    from normlab.registry import NORMS
+    from normlab.train.validate import validate
+
+    for norm in NORMS.names():  # E13 swaps every norm into the same recipe
+        config = load_config(f"{REPO}/configs/cifar10_speedrun.py:{size}norm={norm}")
+        validate(config)
+        fused = NORMS.get(norm).self_activated
+        assert config.model.activation == ("identity" if fused else "gelu"), norm
+        assert config.model.stem_activation == "gelu"
+
+
 @pytest.mark.slow  # ~15 s CPU: preparing CIFAR-10 once, 12 steps, the 6-view evaluation
 @pytest.mark.skipif(not (DATA / "cifar10" / "data_batch_1.npz").is_file(),
                     reason=f"CIFAR-10 archives not found in {DATA}")  # as the other data tests

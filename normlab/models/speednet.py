@@ -77,12 +77,13 @@ class ConvPoolNormAct(nn.Module):
     norm_kwargs: Mapping[str, Any] | None = None
     act_kwargs: Mapping[str, Any] | None = None
     kernel_init: Any = nn.initializers.he_normal()
+    use_bias: bool = False
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = conv_layer(self.conv, self.features, 3, use_bias=False, kernel_init=self.kernel_init,
-                       dtype=self.dtype, name="conv")(x)
+        y = conv_layer(self.conv, self.features, 3, use_bias=self.use_bias,
+                       kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
         return NormAct(norm=self.norm, activation=self.activation, norm_kwargs=self.norm_kwargs,
                        act_kwargs=self.act_kwargs, dtype=self.dtype,
                        name="norm_act")(max_pool_valid(y), train=train)
@@ -100,7 +101,8 @@ class SpeedNet(nn.Module):
       stem_activation: `ACTIVATIONS` name after the stem (its own: a self-activated norm such
         as FRN runs with activation="identity", the stem still needs a nonlinearity).
       norm, activation, norm_kwargs, act_kwargs: of every conv layer (`NormAct`).
-      conv: `CONVOLUTIONS` name of the 3×3 convs.
+      conv: `CONVOLUTIONS` name of the 3×3 convs (with a bias only when norm is "none": a
+        norm's offset β replaces it).
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options of every kernel.
       logit_scale: multiplies the logits (airbench: 1/9, a cooler softmax at init).
       tta: test-time augmentation in evaluation, one of TTA_MODES.
@@ -156,12 +158,12 @@ class SpeedNet(nn.Module):
         h = make_activation(self.stem_activation)(h)
         layers = dict(conv=self.conv, norm=self.norm, activation=self.activation,
                       norm_kwargs=self.norm_kwargs, act_kwargs=self.act_kwargs,
-                      kernel_init=init, dtype=self.dtype)
+                      kernel_init=init, use_bias=self.norm == "none", dtype=self.dtype)
         num_layers = 2 * len(self.widths)
         for i, features in enumerate(self.widths):
             h = ConvPoolNormAct(features, **layers, name=layer_name(2 * i, num_layers))(
                 h, train=train)
-            h = ConvNormAct(features, use_bias=False, **layers,
+            h = ConvNormAct(features, **layers,
                             name=layer_name(2 * i + 1, num_layers))(h, train=train)
         h = jnp.max(h, axis=(1, 2))
         head = nn.Dense(self.num_classes, use_bias=False, kernel_init=init, dtype=self.dtype,
