@@ -11,6 +11,7 @@ import pytest
 from normlab.config import apply_overrides, load_config
 from normlab.reports import (
     Report,
+    RunResult,
     Verdict,
     describe_runs,
     fmt,
@@ -31,7 +32,7 @@ from normlab.reports.experiment import (
     provenance_line,
     report_results,
 )
-from normlab.reports.runs import _finished_run
+from normlab.reports.runs import _finished_run, read_eval_records, save_eval_records
 from normlab.train.run_info import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,3 +210,16 @@ def test_report_results_stores_verdicts_and_provenance(tmp_path):
         "|  | b | — | not tested |", "|  | c | 5 | not reproduced |"]
     with pytest.raises(ValueError, match="no results.json in .*; run the experiment without"):
         load_results(tmp_path)
+
+
+def test_eval_records_keep_evaluations_compactly_and_reproducibly(tmp_path):
+    run = RunResult("bn", tmp_path, records=[
+        {"step": 1, "train_loss": 0.123456789},
+        {"step": 2, "train_loss": 0.5, "eval_accuracy": 0.987654321, "diag/h": float("nan")},
+        {"step": 3, "fit_loss": [1.0, float("inf")]}], diverged="non-finite loss at step 4")
+    path = save_eval_records(tmp_path / "e.jsonl.gz", [run])
+    assert read_eval_records(path) == {"bn": {"diverged": "non-finite loss at step 4", "records": [
+        {"step": 2, "train_loss": 0.5, "eval_accuracy": 0.9876543, "diag/h": None},
+        {"step": 3, "fit_loss": [1.0, None]}]}}
+    first = path.read_bytes()
+    assert save_eval_records(tmp_path / "e.jsonl.gz", [run]).read_bytes() == first

@@ -43,7 +43,6 @@ from normlab.config import load_config  # noqa: E402
 from normlab.reports import (  # noqa: E402
     Report,
     RunResult,
-    describe_runs,
     new_figure,
     plot_curves,
     run_training,
@@ -51,6 +50,7 @@ from normlab.reports import (  # noqa: E402
 from normlab.reports.experiment import (  # noqa: E402
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
 )
 from normlab.reports.markdown import Verdict, fmt_mean_ci, verdict_table  # noqa: E402
@@ -255,7 +255,7 @@ def collect(args) -> tuple[dict[str, Any], dict]:
                    + ("(fake host devices sharing the CPU cores)"
                       if jax.devices()[0].platform == "cpu" else ""),
         "scopes": {}, "step_ms": {k: 1e3 * v for k, v in seconds.items()}, "agreement": agree,
-        "training_runs": describe_runs(runs.values())}
+        "training_runs": record_runs(args, runs.values())}
     for label, (_, size) in scopes.items():
         finals = [final_metric(runs[label, s], "test_accuracy") for s in seeds]
         results["scopes"][label] = {

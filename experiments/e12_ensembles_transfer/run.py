@@ -31,7 +31,6 @@ from normlab.reports import (
     Report,
     RunResult,
     Verdict,
-    describe_runs,
     fmt_mean_ci,
     new_figure,
     plot_curves,
@@ -42,6 +41,7 @@ from normlab.reports import (
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
     train_config,
 )
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trans, trans_runs = transfer(args, size, ens_runs[0])
         # (a)'s seed-0 net is also (b)'s Fashion-MNIST source: count it once
         results = {"tiny": args.tiny, "ensembles": ens, "transfer": trans,
-                   "training_runs": describe_runs(
+                   "training_runs": record_runs(args,
                        {r.workdir: r for r in [*ens_runs, *trans_runs]}.values())}
     write_report(report, results, runs)
     return results

@@ -23,7 +23,6 @@ from normlab.reports import (
     Report,
     RunResult,
     Verdict,
-    describe_runs,
     final_metric,
     fmt,
     new_figure,
@@ -34,6 +33,7 @@ from normlab.reports import (
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
     train_config,
 )
@@ -105,7 +105,7 @@ def collect(args) -> tuple[dict[str, Any], dict[str, dict]]:
         "init_preact_std": {label: preact_std_at_init(f"init={init},norm=none{tiny}")
                             for label, init in INITS.items()},
         "runs": {},
-        "training_runs": describe_runs([*main_runs.values(), *depth_runs.values()]),
+        "training_runs": record_runs(args, [*main_runs.values(), *depth_runs.values()]),
     }
     for label, run in main_runs.items():
         loss = run.series("train_loss")[1]

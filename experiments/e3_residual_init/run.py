@@ -33,7 +33,6 @@ from normlab.reports import (
     Report,
     RunResult,
     Verdict,
-    describe_runs,
     new_figure,
     plot_curves,
     verdict_table,
@@ -41,6 +40,7 @@ from normlab.reports import (
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
     train_config,
 )
@@ -171,7 +171,7 @@ def collect(args) -> tuple[dict[str, Any], dict[str, RunResult]]:
                      "train_loss_steps": r.series("train_loss")[0].tolist(),
                      "diverged": r.diverged,
                      "final": r.summary.get("final", {})} for k, r in runs.items()},
-        "training_runs": describe_runs(runs.values()),
+        "training_runs": record_runs(args, runs.values()),
     }
     return results, runs
 

@@ -29,7 +29,6 @@ from normlab.reports import (
     RunResult,
     Verdict,
     choose_lr,
-    describe_runs,
     final_metric,
     fmt,
     new_figure,
@@ -40,6 +39,7 @@ from normlab.reports import (
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
     train_config,
 )
@@ -182,8 +182,8 @@ def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
             {"net": r[0], "percentile": r[1], "values": r[2:-1], "range_after_1000": r[-1]}
             for r in rows]},
         "percentile_range_after_1000": drift,
-        "training_runs": describe_runs(
-            [*plain.values(), *bn.values(), *(r for k, r in nets.items() if "-x" in k)]),
+        "training_runs": record_runs(
+            args, [*plain.values(), *bn.values(), *(r for k, r in nets.items() if "-x" in k)]),
     }
     for label, run in nets.items():
         steps, acc = run.series("test_accuracy")

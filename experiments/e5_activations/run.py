@@ -28,7 +28,6 @@ from normlab.reports import (
     RunResult,
     Verdict,
     choose_lr,
-    describe_runs,
     final_metric,
     fmt,
     new_figure,
@@ -38,6 +37,7 @@ from normlab.reports import (
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
     train_config,
 )
@@ -126,7 +126,7 @@ def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
                   "diag_steps": [int(diag_steps[i]) for i in picked]},
         "lr_chosen_on": "val_accuracy",
         "shallow": {}, "deep": {}, "deep_init": deep_init,
-        "training_runs": describe_runs([*shallow.values(), *deep.values()]),
+        "training_runs": record_runs(args, [*shallow.values(), *deep.values()]),
     }
     for act in acts:
         accs = {lr: final_metric(shallow[(act, lr)], "test_accuracy") for lr in lrs}

@@ -36,7 +36,6 @@ from normlab.reports import (
     Report,
     RunResult,
     Verdict,
-    describe_runs,
     final_metric,
     fmt,
     fmt_mean_ci,
@@ -47,6 +46,7 @@ from normlab.reports import (
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
+    record_runs,
     report_results,
     train_config,
 )
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "power": power_results(args, dataset), "training": None}
         if not args.tiny:
             results["training"], runs = training_results(args)
-            results["training_runs"] = describe_runs(runs.values())
+            results["training_runs"] = record_runs(args, runs.values())
     write_report(report, results, runs)
     return results
 

@@ -40,7 +40,6 @@ from normlab.reports import (
     RunResult,
     Verdict,
     choose_lr,
-    describe_runs,
     final_metric,
     fmt,
     fmt_mean_ci,
@@ -51,7 +50,12 @@ from normlab.reports import (
     verdict_table,
     welch_test,
 )
-from normlab.reports.experiment import load_results, parse_experiment_args, report_results
+from normlab.reports.experiment import (
+    load_results,
+    parse_experiment_args,
+    record_runs,
+    report_results,
+)
 from normlab.train import inputs
 from normlab.train.saved import load_saved
 
@@ -210,7 +214,7 @@ def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
                 baseline[0], *resnet.values()]
     results: dict[str, Any] = {"tiny": args.tiny, "seeds": list(seeds), "methods": {},
                                "grid": {}, "chosen": chosen,
-                               "training_runs": describe_runs(all_runs)}
+                               "training_runs": record_runs(args, all_runs)}
     base = _seed_stats(baseline)
     for m, runs in per_seed.items():
         stats = _seed_stats(runs)

@@ -34,7 +34,6 @@ from normlab.reports import (
     Verdict,
     best_metric,
     choose_lr,
-    describe_runs,
     final_metric,
     fmt_mean_ci,
     new_figure,
@@ -45,7 +44,12 @@ from normlab.reports import (
     verdict_table,
     welch_test,
 )
-from normlab.reports.experiment import load_results, parse_experiment_args, report_results
+from normlab.reports.experiment import (
+    load_results,
+    parse_experiment_args,
+    record_runs,
+    report_results,
+)
 
 CONFIG = "configs/e8_optimizers.py"
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -198,7 +202,7 @@ def collect(args) -> tuple[dict[str, Any], dict[str, dict[str, RunResult]]]:
                "grid": {opt: {f"{lr:g}": _val(r) for lr, r in runs.items()}
                         for opt, (_, runs) in tuned.items()},
                "optimizers": opt_numbers, "schedules": sched_numbers,
-               "training_runs": describe_runs(study.runs.values())}
+               "training_runs": record_runs(args, study.runs.values())}
     curves = {"optimizers": {f"{opt} ({best[opt]:g})": tuned[opt][1][best[opt]]
                              for opt in optimizers},
               "schedules": {f"{s} ({chosen[s]:g})": sched_runs[s][chosen[s]]

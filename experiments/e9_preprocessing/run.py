@@ -39,7 +39,6 @@ from normlab.reports import (
     Report,
     RunResult,
     Verdict,
-    describe_runs,
     final_metric,
     new_figure,
     plot_curves,
@@ -47,7 +46,12 @@ from normlab.reports import (
     steps_to_reach,
     verdict_table,
 )
-from normlab.reports.experiment import load_results, parse_experiment_args, report_results
+from normlab.reports.experiment import (
+    load_results,
+    parse_experiment_args,
+    record_runs,
+    report_results,
+)
 from normlab.train import inputs
 from normlab.train.build import build_tx
 from normlab.train.saved import load_saved
@@ -191,8 +195,8 @@ def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
     results: dict[str, Any] = {
         "tiny": args.tiny, "grid": list(grid), "lr_start": start, "loss_images": images,
         "best_lr": {prep: lr for prep, (_, lr) in searched.items()}, "preps": {},
-        "training_runs": describe_runs(r for runs, _ in searched.values()
-                                       for r in runs.values())}
+        "training_runs": record_runs(args, [r for runs, _ in searched.values()
+                                            for r in runs.values()])}
     for p, run in best.items():
         results["preps"][p] = {
             "lr": results["best_lr"][p],

@@ -21,7 +21,7 @@ import importlib.util
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,11 +31,12 @@ from ml_collections import ConfigDict
 
 from normlab.config import load_config
 from normlab.reports.markdown import Report, Verdict, markdown_table
-from normlab.reports.runs import RunResult, run_training
+from normlab.reports.runs import RunResult, describe_runs, run_training, save_eval_records
 from normlab.train.run_info import command_line, git_revision, run_info
 
 RUNS = "runs"  # training workdirs, under the output folder (not committed: see its .gitignore)
 RESULTS = "results.json"
+EVAL_RECORDS = "eval_records.jsonl.gz"  # the runs' evaluations, committed beside results.json
 
 
 def parse_experiment_args(
@@ -96,6 +97,16 @@ def train_config(
     return run_training(config, args.runs / name, name=name, reuse=args.reuse,
                         any_revision=args.reuse_any_revision, progress=args.progress,
                         devices=args.devices)
+
+
+def record_runs(args: argparse.Namespace, runs: Iterable[RunResult]) -> str:
+    """The training runs behind an experiment's results: saves their evaluation records as
+    args.out/eval_records.jsonl.gz (`save_eval_records`) and returns `describe_runs`' line
+    for results.json's "training_runs"."""
+    runs = list(runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_eval_records(args.out / EVAL_RECORDS, runs)
+    return describe_runs(runs)
 
 
 def results_provenance(command: str | None = None) -> dict[str, Any]:

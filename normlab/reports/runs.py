@@ -17,8 +17,10 @@ never mixes runs of different code unknowingly (`any_revision=True` allows it, a
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,9 @@ from normlab.train.run_info import git_revision
 
 DIVERGED = "diverged.json"
 CODE = "code.json"
+# a record with one of these metrics is an evaluation or a diagnostic: what the per-step claims
+# of a report cite
+EVAL_PREFIXES = ("eval_", "val_", "test_", "fit_", "diag/")
 _ROOT = Path(__file__).resolve().parents[2]
 # the code a run's numbers depend on; normlab/reports only reads runs back, so editing a report
 # does not make its finished runs stale
@@ -220,3 +225,39 @@ def describe_runs(runs: Iterable[RunResult]) -> str:
         + f"); training wall time {minutes} min {secs} s summed over the finished runs"
         + (f"; trained at {', '.join(revisions)}" if revisions else "")
     )
+
+
+def _compact(value: Any) -> Any:
+    # 7 significant digits: float32's precision, so nothing a metric holds is lost
+    if isinstance(value, float):
+        return float(f"{value:.7g}") if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
+
+
+def save_eval_records(path: str | Path, runs: Iterable[RunResult]) -> Path:
+    """Writes every run's evaluation and diagnostic records (those holding a metric starting
+    with one of `EVAL_PREFIXES`, with everything logged at that step) as gzipped JSON lines,
+    one line per run: {"name", "diverged", "records"}; floats to 7 significant digits,
+    non-finite as null.
+    Small enough to commit next to results.json, so a report's per-step claims can be checked
+    without the (git-ignored) run folders. Byte-for-byte reproducible (no gzip timestamp).
+
+        save_eval_records(out / "eval_records.jsonl.gz", runs)
+    """
+    path = Path(path)
+    lines = []
+    for run in runs:
+        records = [{k: _compact(v) for k, v in r.items()} for r in run.records
+                   if any(k.startswith(EVAL_PREFIXES) for k in r)]
+        lines.append(json.dumps({"name": run.name, "diverged": run.diverged,
+                                 "records": records}, allow_nan=False))
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+    return path
+
+
+def read_eval_records(path: str | Path) -> dict[str, dict[str, Any]]:
+    """`save_eval_records`' file read back: {name: {"diverged", "records"}}."""
+    rows = [json.loads(line) for line in gzip.decompress(Path(path).read_bytes()).splitlines()]
+    return {row.pop("name"): row for row in rows}
