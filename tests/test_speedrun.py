@@ -122,9 +122,18 @@ def tiny_speednet():
     """A fitted 8-wide SpeedNet (BN, one training call) and a batch of images."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 3)), jnp.float32)
     model = SpeedNet(widths=(8, 8, 8), norm_kwargs={"momentum": 0.4, "use_scale": False})
-    variables = model.init(jax.random.key(0), x, train=False)
-    _, stats = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    stats = _train_apply(model, variables, x)[1]
     return model, {**variables, **stats}, np.asarray(x)
+
+
+def _train_apply(model, variables, x):
+    return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
+
+
+def _eval_apply(model, variables, x):
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
 
 
 @pytest.mark.parametrize("tta", ["flip", "flip_translate"])
@@ -139,14 +148,15 @@ def test_tta_logits_are_the_weighted_mean_of_the_views(tiny_speednet, tta):
                                 (mirror(down_right), 0.125), (up_left, 0.125),
                                 (mirror(up_left), 0.125)]}[tta]
     single = model.clone(tta="none")
-    expected = sum(w * np.asarray(single.apply(variables, jnp.asarray(v), train=False), np.float64)
-                   for v, w in views)
-    got = model.clone(tta=tta).apply(variables, jnp.asarray(x), train=False)
+    # every view in one batch (eval mode: each image's logits are its own), split, weighted
+    each = _eval_apply(single, variables, jnp.asarray(np.concatenate([v for v, _ in views])))
+    each = np.asarray(each, np.float64).reshape(len(views), len(x), -1)
+    expected = sum(w * logits for (_, w), logits in zip(views, each, strict=True))
+    got = _eval_apply(model.clone(tta=tta), variables, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-5, atol=1e-6)
     # training never augments at test time: the train-mode logits are the image's own
-    train_logits, _ = model.clone(tta=tta).apply(variables, jnp.asarray(x), train=True,
-                                                 mutable=["batch_stats"])
-    single_logits, _ = single.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
+    train_logits = _train_apply(model.clone(tta=tta), variables, jnp.asarray(x))[0]
+    single_logits = _train_apply(single, variables, jnp.asarray(x))[0]
     np.testing.assert_array_equal(train_logits, single_logits)
 
 
