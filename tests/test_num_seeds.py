@@ -255,3 +255,24 @@ def test_bench_seeds_needs_two_seeds_to_compare(capsys):
     assert "--num-seeds must be >= 2 to compare against separate runs, got 1" in (
         capsys.readouterr().err
     )
+
+
+def test_sweep_report_of_a_seeds_trial(seeds_workdir, tmp_path):
+    """`normlab report`'s row of a num_seeds trial: the across-seed means with their CI and n;
+    its curve is the per-step mean over the seeds' records."""
+    from normlab.sweep import collect
+    from normlab.sweep.expand import Sweep, Trial
+
+    _, workdir, summary = seeds_workdir
+    trial = Trial("seed=5,num_seeds=3", {"seed": 5, "num_seeds": 3}, [], str(workdir), [])
+    (row,) = collect.trial_rows(Sweep(tmp_path, "spec", [trial]))
+    assert (row["status"], row["step"]) == ("finished", 20)
+    spread = summary["seeds"]["final"]["eval_accuracy"]
+    assert row["final_eval_accuracy"] == spread["mean"]
+    assert (row["final_eval_accuracy_ci95"], row["final_eval_accuracy_n"]) == (spread["ci95"], 3)
+    history = collect._history(trial)
+    curve = [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
+    per_seed = [[r["eval_accuracy"] for r in _records(workdir / "seeds" / str(i))
+                 if "eval_accuracy" in r] for i in range(3)]
+    assert [step for step, _ in curve] == [10, 20]
+    np.testing.assert_allclose([v for _, v in curve], np.mean(per_seed, axis=0), rtol=1e-12)

@@ -7,7 +7,9 @@
 
 A row holds the trial's name, its overrides (one column per swept key), its state and step,
 `final_<metric>` (the last logged value of each metric) and `best_<metric>` (the maximum of each
-accuracy), from summary.json, or from metrics.jsonl for a trial that has not finished. The CSV
+accuracy), from summary.json, or from metrics.jsonl for a trial that has not finished (a
+num_seeds trial: the means over its seeds, with `final_<accuracy>_ci95` and `_n`, the 95%
+t-CI half-width and the seeds counted; its curves are the per-step means). The CSV
 has every metric; the Markdown table keeps losses, accuracies and the wall time.
 """
 
@@ -22,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from normlab.sweep.expand import Sweep, Trial
+from normlab.sweep.seeds import mean_records, metrics_files
 from normlab.sweep.status import FINISHED, read_summary, sweep_status
 
 _FIRST = ("eval_accuracy", "eval_loss", "train_accuracy", "train_loss")
 
 
-def _history(trial: Trial) -> list[dict[str, Any]]:
-    path = Path(trial.workdir) / "metrics.jsonl"
+def _read(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text()
     except OSError:
@@ -40,6 +42,12 @@ def _history(trial: Trial) -> list[dict[str, Any]]:
         except ValueError:  # a line cut short by a kill
             continue
     return records
+
+
+def _history(trial: Trial) -> list[dict[str, Any]]:
+    """The trial's metric records; of a num_seeds trial, their mean over the seeds per step."""
+    histories = [_read(path) for path in metrics_files(trial.workdir)]
+    return histories[0] if len(histories) == 1 else mean_records(histories)
 
 
 def _final_and_best(trial: Trial) -> tuple[dict[str, float], dict[str, float], float | None]:
@@ -62,6 +70,19 @@ def _final_and_best(trial: Trial) -> tuple[dict[str, float], dict[str, float], f
     return final, best, None
 
 
+def _seed_spread(trial: Trial) -> dict[str, Any]:
+    """Of a finished num_seeds trial: `final_<accuracy>_ci95` (the 95% t-CI half-width of the
+    mean over seeds) and `final_<accuracy>_n` (the seeds it is over) for each accuracy."""
+    summary = read_summary(trial) or {}
+    spread = summary.get("seeds", {}).get("final", {})
+    out: dict[str, Any] = {}
+    for name in sorted(spread, key=_metric_order):
+        if name.endswith("accuracy"):
+            out[f"final_{name}_ci95"] = spread[name]["ci95"]
+            out[f"final_{name}_n"] = spread[name]["n"]
+    return out
+
+
 def _metric_order(name: str) -> tuple[int, str]:
     return (_FIRST.index(name) if name in _FIRST else len(_FIRST), name)
 
@@ -82,6 +103,7 @@ def trial_rows(sweep: Sweep, queue: dict[str, str] | None = None) -> list[dict[s
                 row[f"final_{name}"] = final[name]
         for name in sorted(best, key=_metric_order):
             row[f"best_{name}"] = best[name]
+        row.update(_seed_spread(trial))
         row["wall_s"] = wall
         if status.state != FINISHED and status.log:
             row["log"] = status.log
@@ -135,7 +157,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     keep = [
         c
         for c in columns(rows)
-        if not c.startswith(("final_", "best_")) or c.endswith(("accuracy", "loss"))
+        if not c.startswith(("final_", "best_"))
+        or c.endswith(("accuracy", "loss", "accuracy_ci95", "accuracy_n"))
     ]
     keep = [c for c in keep if c != "log"]
     lines = ["| " + " | ".join(keep) + " |", "|" + "---|" * len(keep)]

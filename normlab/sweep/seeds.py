@@ -13,6 +13,7 @@ that already sets `num_seeds`, seeds with gaps.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -44,3 +45,31 @@ def group_seed_trials(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
         absorbed.update(members[1:])
     return [merged_into.get(i, overrides) for i, overrides in enumerate(trials)
             if i not in absorbed]
+
+
+# workdir/seeds/<i>/ of a num_seeds trial (normlab.train.seeds.SEEDS, which is not imported
+# here: it loads jax, and `normlab sweep --status` / `normlab report` do not need it)
+SEEDS = "seeds"
+
+
+def metrics_files(workdir: str | Path) -> list[Path]:
+    """A trial's metrics.jsonl: its own, or each seed's of a num_seeds trial (seed order)."""
+    own = Path(workdir) / "metrics.jsonl"
+    folder = Path(workdir) / SEEDS
+    if own.exists() or not folder.is_dir():
+        return [own]
+    return sorted(folder.glob("*/metrics.jsonl"), key=lambda path: int(path.parent.name))
+
+
+def mean_records(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One record per step: the mean over the histories of each metric logged at that step
+    (a seed that logged nothing there, e.g. one that diverged, is left out of its mean)."""
+    values: dict[int, dict[str, list[float]]] = {}
+    for history in histories:
+        for record in history:
+            at = values.setdefault(record["step"], {})
+            for name, value in record.items():
+                if name != "step" and value is not None:
+                    at.setdefault(name, []).append(value)
+    return [{"step": step, **{name: sum(v) / len(v) for name, v in at.items()}}
+            for step, at in sorted(values.items())]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.sweep.expand import Sweep, Trial
+from normlab.sweep.seeds import metrics_files
 
 FINISHED, PENDING, RUNNING = "finished", "pending", "running"
 FAILED, INTERRUPTED, NOT_STARTED = "failed", "interrupted", "not started"
@@ -99,7 +100,12 @@ def lock_held(path: Path) -> bool:
 
 
 def _last_step(trial: Trial) -> int | None:
-    path = Path(trial.workdir) / "metrics.jsonl"
+    """The last logged step (of any seed, for a num_seeds trial); None if nothing is logged."""
+    steps = [_last_logged(path) for path in metrics_files(trial.workdir)]
+    return max((step for step in steps if step is not None), default=None)
+
+
+def _last_logged(path: Path) -> int | None:
     try:
         lines = path.read_text().splitlines()
     except OSError:
