@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normlab.nn.stats import group_norm_act, moments
+from normlab.nn.stats import group_moments, group_norm_act, moments
 
 U = 2.0**-24  # unit roundoff of float32
 SHAPE = (16, 8, 8, 32)
@@ -55,3 +55,14 @@ def test_group_norm_on_large_mean_small_variance(hard_x, groups):
     assert np.max(np.abs(offset)) <= 16 * U * 1e4 / np.min(sd)
     np.testing.assert_allclose(yg, ref.reshape(xg.shape) * np.sqrt(1 - offset**2) + offset,
                                rtol=0, atol=1e-4)
+
+
+def test_group_moments_two_pass_on_large_mean_small_variance(hard_x):
+    x, x64 = hard_x
+    mean, var = (np.asarray(v, np.float64) for v in group_moments(jnp.asarray(x), 4))
+    xg = x64.reshape(*SHAPE[:-1], 4, SHAPE[-1] // 4)
+    ref_mean = np.repeat(xg.mean((1, 2, 4)), SHAPE[-1] // 4, axis=-1)[:, None, None]
+    ref_var = np.repeat(xg.var((1, 2, 4)), SHAPE[-1] // 4, axis=-1)[:, None, None]
+    delta = mean - ref_mean
+    assert np.max(np.abs(delta)) <= 16 * U * 1e4
+    np.testing.assert_allclose(var, ref_var + delta**2, rtol=1e-5)
