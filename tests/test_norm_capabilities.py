@@ -166,7 +166,7 @@ def test_registry_discovers_every_component_in_a_fresh_process():
     ]
     assert found["model"] == [
         "cnn", "mlp", "resnet", "resnet110", "resnet18", "resnet20", "resnet32", "resnet34",
-        "resnet50", "resnet56", "resnet8", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
+        "resnet50", "resnet56", "resnet8", "speednet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
     ]
     for kind in ("activation", "initializer", "regularizer", "pooling", "conv",
                  "conv_algorithm", "residual_init"):

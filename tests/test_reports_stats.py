@@ -1,4 +1,5 @@
-"""normlab.reports.stats and the mean ± CI / verdict formatting, against scipy and NumPy."""
+"""normlab.sample_stats, normlab.reports.stats and the mean ± CI / verdict formatting, against
+scipy and NumPy."""
 
 import math
 from pathlib import Path

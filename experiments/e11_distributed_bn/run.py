@@ -54,7 +54,8 @@ from normlab.reports.experiment import (  # noqa: E402
     report_results,
 )
 from normlab.reports.markdown import Verdict, fmt_mean_ci, verdict_table  # noqa: E402
-from normlab.reports.stats import final_metric, welch_test  # noqa: E402
+from normlab.reports.stats import final_metric  # noqa: E402
+from normlab.sample_stats import welch_test  # noqa: E402
 from normlab.train.run import Run, build_run  # noqa: E402
 
 CONFIG = "configs/e11_distributed_bn.py"

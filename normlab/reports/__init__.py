@@ -20,8 +20,9 @@ Every experiment under `experiments/` writes its results with this package:
 - `normlab.reports.experiment`: the shared command line of `experiments/*/run.py` and
   `train_config` (train a config spec into the experiment's runs folder).
 - `normlab.reports.stats`: a run's final / best / mean-of-last metric, `choose_lr` (on a
-  validation metric), and across seeds: mean, sample sd, t CI, Welch's test, bootstrap CI,
-  steps to a threshold with a CI.
+  validation metric), steps to a threshold across seeds with a CI; exported here with the
+  across-seed statistics of `normlab.sample_stats` (mean, sample sd, t CI, Welch's test,
+  bootstrap CI), which the training loop's K-seed summary shares.
 """
 
 from normlab.reports.markdown import (
@@ -37,17 +38,19 @@ from normlab.reports.plots import new_figure, plot_curves, save_figure
 from normlab.reports.runs import RunResult, describe_runs, run_training, series, steps_to_reach
 from normlab.reports.stats import (
     StepsToReach,
-    Summary,
-    Welch,
     best_metric,
-    bootstrap_ci,
     choose_lr,
     final_metric,
+    mean_of_last,
+    steps_to_reach_across,
+)
+from normlab.sample_stats import (
+    Summary,
+    Welch,
+    bootstrap_ci,
     mean,
     mean_ci,
-    mean_of_last,
     sample_sd,
-    steps_to_reach_across,
     summarize,
     welch_test,
 )

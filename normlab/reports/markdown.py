@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.reports.plots import save_figure
-from normlab.reports.stats import LEVEL, summarize
+from normlab.sample_stats import LEVEL, summarize
 from normlab.train.run_info import run_info
 
 # a verdict's words, so a test can read them back; n < MIN_SEEDS makes a verdict preliminary

@@ -8,10 +8,11 @@ A run's metric (`RunResult` records, evaluated every `eval_every_steps`):
 - `mean_of_last(run, key, k)`: the mean of the last k evaluations (smooths eval noise).
 - `choose_lr(runs_by_lr, key)`: the lr with the best final value of a *validation* metric.
 
-Across seeds (a list of per-seed values):
-- `mean`, `sample_sd` (ddof=1), `mean_ci` (Student-t 95% CI half-width), `summarize`,
-  `welch_test` (t, dof, two-sided p), `bootstrap_ci` (percentile bootstrap),
-  `steps_to_reach_across` (median steps to a threshold over seeds, bootstrap CI).
+Across seeds (a list of per-seed values): `mean`, `sample_sd` (ddof=1), `mean_ci` (Student-t
+95% CI half-width), `summarize`, `welch_test` (t, dof, two-sided p), `bootstrap_ci` (percentile
+bootstrap) — in `normlab.sample_stats` (the training loop's K-seed summary uses them too;
+`normlab.reports` exports them) — and `steps_to_reach_across` (median steps to a threshold over
+seeds, bootstrap CI).
 
     accs = [final_metric(r, "test_accuracy") for r in runs]
     fmt_mean_ci(accs)                      # "0.912 ± 0.004 (95% CI, n=5)"
@@ -21,15 +22,13 @@ Across seeds (a list of per-seed values):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from normlab.reports.runs import RunResult, steps_to_reach
-
-LEVEL = 0.95  # every CI in the reports is a 95% interval unless a caller asks otherwise
+from normlab.sample_stats import LEVEL, bootstrap_ci
 
 
 def final_metric(run: RunResult, key: str) -> float | None:
@@ -92,101 +91,6 @@ def choose_lr(
     scores = {lr: score(runs) for lr, runs in runs_by_lr.items()}
     pick = max if higher_is_better else min
     return pick(sorted(scores), key=lambda lr: scores[lr])
-
-
-# ---------------------------------------------------------------------------- across seeds
-
-
-def _finite(values: Sequence[float | None]) -> np.ndarray:
-    return np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
-
-
-def mean(values: Sequence[float]) -> float:
-    """The arithmetic mean (NaN for no values)."""
-    values = np.asarray(values, np.float64)
-    return float(values.mean()) if len(values) else math.nan
-
-
-def sample_sd(values: Sequence[float]) -> float:
-    """The sample standard deviation, ddof=1 (NaN for fewer than 2 values)."""
-    values = np.asarray(values, np.float64)
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def mean_ci(values: Sequence[float], level: float = LEVEL) -> float:
-    """Half-width of the Student-t CI of the mean: t_{(1+level)/2, n−1} · sd / √n (NaN for
-    fewer than 2 values)."""
-    n = len(values)
-    if n < 2:
-        return math.nan
-    return float(scipy_stats.t.ppf((1 + level) / 2, n - 1) * sample_sd(values) / math.sqrt(n))
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Per-seed values summarized: n, mean, sample sd and the CI half-width of the mean."""
-
-    n: int
-    mean: float
-    sd: float
-    ci: float
-    level: float = LEVEL
-
-
-def summarize(values: Sequence[float | None], level: float = LEVEL) -> Summary:
-    """`Summary` of the finite values (None and non-finite ones, e.g. diverged runs, are left
-    out: n counts only what the mean is over)."""
-    kept = _finite(values)
-    return Summary(len(kept), mean(kept), sample_sd(kept), mean_ci(kept, level), level)
-
-
-@dataclass(frozen=True)
-class Welch:
-    """Welch's unequal-variance t-test of mean(a) − mean(b): t, Welch–Satterthwaite dof and
-    the two-sided p value."""
-
-    t: float
-    dof: float
-    p: float
-
-
-def welch_test(a: Sequence[float], b: Sequence[float]) -> Welch:
-    """Welch's t-test of mean(a) = mean(b), two-sided. Needs ≥ 2 values in each group.
-
-        welch_test([0.91, 0.92, 0.90], [0.88, 0.89, 0.87])   # Welch(t=3.67, dof=4.0, p=0.021)
-    """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"welch_test: need >= 2 values per group, got {len(a)} and {len(b)}")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return Welch(float(t), float(dof), float(2 * scipy_stats.t.sf(abs(t), dof)))
-
-
-def bootstrap_ci(
-    values: Sequence[float],
-    statistic: Callable[[np.ndarray], np.ndarray] = np.mean,
-    *,
-    level: float = LEVEL,
-    n_boot: int = 10_000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile-bootstrap CI (low, high) of `statistic` (called as statistic(x, axis=-1) on
-    an (n_boot, n) array of resamples) over n_boot resamples with replacement; `seed` makes it
-    reproducible. Values may be ±inf (e.g. a threshold never reached) with a statistic that
-    handles them, such as np.median."""
-    values = np.asarray(values, np.float64)
-    if len(values) == 0:
-        raise ValueError("bootstrap_ci: values is empty")
-    rng = np.random.default_rng(seed)
-    resamples = values[rng.integers(0, len(values), size=(n_boot, len(values)))]
-    stats = np.sort(statistic(resamples, axis=-1))
-    tail = (1 - level) / 2
-    # the order statistics at the two tails, not interpolated: inf stays inf
-    low = stats[int(math.floor(tail * (n_boot - 1)))]
-    high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
-    return float(low), float(high)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ A K-seed run (`num_seeds`, `normlab.train.seeds`) has one such summary per seed,
 `workdir/seeds/<i>/`, and `across_seeds` makes the run's own: `final` and `best` are the means
 over the seeds of each seed's final and best (the single-seed keys' meaning, averaged), and a
 `seeds` block holds, per metric, every seed's value with n, mean, sample sd and the half-width
-of the 95% Student-t CI of the mean (`normlab.reports.stats`; seeds without a finite value are
+of the 95% Student-t CI of the mean (`normlab.sample_stats`; seeds without a finite value are
 left out of n). A diverged seed (its summary has `diverged`, the reason) counts in `best` but
 not in `final`, as `normlab.reports.stats.final_metric` / `best_metric` count a diverged run.
 
@@ -31,6 +31,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from normlab import sample_stats
 from normlab.train.metrics import read_metrics, read_sessions
 from normlab.train.run_info import run_info
 
@@ -74,10 +75,7 @@ def summarize(
 
 def _spread(values: list[float | None]) -> dict[str, Any]:
     """Every seed's value (None: none logged) with n, mean, sd and the 95% CI half-width."""
-    # imported here: normlab.reports imports the training loop (and matplotlib)
-    from normlab.reports import stats
-
-    summary = stats.summarize(values)
+    summary = sample_stats.summarize(values)
     finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 - JSON has no NaN
     return {"values": values, "n": summary.n, "mean": finite(summary.mean),
             "sd": finite(summary.sd), "ci95": finite(summary.ci)}
