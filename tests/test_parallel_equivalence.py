@@ -117,10 +117,32 @@ def test_all_modes_agree_with_one_device(norm):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def _mesh_groups(text: str) -> str:
+    """XLA's iota form of replica groups, e.g. `mesh['axis_0'=4,'axis_1'=2] {'axis_0'}` (with
+    an optional `device_ids=([4,2]T(1,0))`: the devices an iota of that shape, transposed),
+    written out as explicit groups "{{0,2,4,6},{1,3,5,7}}": one group per value of the other
+    axes, over the listed axes."""
+    axes = re.match(r"mesh\[([^\]]*)\]", text).group(1)
+    names = re.findall(r"'(\w+)'=\d+", axes)
+    sizes = [int(n) for n in re.findall(r"=(\d+)", axes)]
+    ids = re.search(r"device_ids=\(\[([0-9,]+)\]T\(([0-9,]+)\)\)", text)
+    if ids:
+        shape, perm = ([int(n) for n in g.split(",")] for g in ids.groups())
+        devices = np.arange(np.prod(shape)).reshape(shape).transpose(perm).reshape(sizes)
+    else:
+        devices = np.arange(np.prod(sizes)).reshape(sizes)
+    over = [names.index(n) for n in re.findall(r"'(\w+)'", text.split("}")[0].split("{")[-1])]
+    rest = [i for i in range(len(sizes)) if i not in over]
+    groups = devices.transpose(rest + over).reshape(-1, int(np.prod([sizes[i] for i in over])))
+    return "{" + ",".join("{" + ",".join(map(str, g)) + "}" for g in groups) + "}"
+
+
 def _groups(hlo: str, op: str) -> set[str]:
-    """The explicit replica/source-target groups of every `op` in the HLO text."""
+    """The replica/source-target groups of every `op` in the HLO text, as explicit groups
+    (XLA prints groups it can describe as an iota over a mesh in that shorter form)."""
     pattern = rf"\b{op}(?:-start)?\(.*?(?:replica_groups|source_target_pairs)=(\{{[{{}}0-9,]*\}})"
-    return set(re.findall(pattern, hlo))
+    mesh = rf"\b{op}(?:-start)?\(.*?replica_groups=(mesh\[[^\]]*\][^{{]*\{{[^}}]*\}})"
+    return set(re.findall(pattern, hlo)) | {_mesh_groups(m) for m in re.findall(mesh, hlo)}
 
 
 def test_data_parallel_shards_the_batch_and_all_reduces():
