@@ -3,9 +3,10 @@ parallel modes agree (SPEC §3 E11).
 
 Part 1 (configs/e11_distributed_bn.py, through the training system): an MLP with BN, 8
 data-parallel devices with 4 examples each (global batch 32), 3,000 SGD-momentum steps on
-Fashion-MNIST, two seeds, with the BN statistics over the global batch (32), groups of 4
-devices (16), ghost batches of 8, each device's 4 examples (per_device), ghost batches of 2.
-Test accuracy, and the step time of every scope under jit and pmap.
+Fashion-MNIST, five seeds (one program per scope, `num_seeds=5`), with the BN statistics over
+the global batch (32), groups of 4 devices (16), ghost batches of 8, each device's 4 examples
+(per_device), ghost batches of 2. Test accuracy (mean ± 95% CI, Welch tests of neighbours in
+the ordering), and the step time of every scope under jit and pmap.
 Part 2 (the same config, each parallel layout built with `ParallelPlan` exactly as the trainer
 builds it): 100 steps from one initial state on 1 device, 8-way data parallel (jit and pmap),
 4 data × 2 model (tensor parallel) and 4 data × 2 stages (GPipe), with BN (global scope,
@@ -16,7 +17,7 @@ The devices are 8 fake CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_
 here before JAX is imported) sharing this machine's cores: their step times measure the
 overhead of each layout, not a speed-up.
 
-    python experiments/e11_distributed_bn/run.py            # ~14 min of CPU time
+    python experiments/e11_distributed_bn/run.py            # ~20 min of CPU time
     python experiments/e11_distributed_bn/run.py --reuse    # reuse finished runs of the same code
     python experiments/e11_distributed_bn/run.py --report-only  # from results.json alone
     python experiments/e11_distributed_bn/run.py --tiny --out /tmp/e11    # digits, seconds
@@ -54,6 +55,7 @@ from normlab.reports.experiment import (  # noqa: E402
     report_results,
 )
 from normlab.reports.markdown import Verdict, fmt_mean_ci, verdict_table  # noqa: E402
+from normlab.reports.runs import seed_runs  # noqa: E402
 from normlab.reports.stats import final_metric  # noqa: E402
 from normlab.sample_stats import welch_test  # noqa: E402
 from normlab.train.run import Run, build_run  # noqa: E402
@@ -68,7 +70,7 @@ SCOPES = {  # label: (config arguments, examples behind one set of statistics, a
     "ghost 2": ("scope=ghost,ghost=2", 2),
 }
 PMAP_SCOPES = ("global", "groups (2 × 4 devices)", "per_device", "ghost 2")  # G | local batch
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2, 3, 4)  # trained as one program per scope (`num_seeds`)
 SETTINGS = {  # label: (config arguments of the run and of its 1-device reference)
     "BN, global": ("scope=global", "scope=global"),
     "BN, ghost 4": ("scope=ghost,ghost=4", "scope=ghost,ghost=4"),
@@ -202,10 +204,14 @@ def step_times(setups: dict[str, Setup], chunk: int, rounds: int) -> dict[str, f
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _run(args, name: str, spec: str) -> RunResult:
-    return run_training(load_config(f"{CONFIG}:{spec}"), args.runs / name, name=name,
-                        reuse=args.reuse, any_revision=args.reuse_any_revision,
-                        progress=args.progress)
+def _seed_runs(args, name: str, spec: str, seeds: Sequence[int]) -> dict[int, RunResult]:
+    """The runs of `spec` with each of `seeds` (consecutive), trained as one program of
+    `num_seeds` = len(seeds) (`normlab.train.seeds`: each seed equals its own run)."""
+    config = load_config(f"{CONFIG}:{spec},seed={seeds[0]}")
+    config.num_seeds = len(seeds)
+    run = run_training(config, args.runs / name, name=name, reuse=args.reuse,
+                       any_revision=args.reuse_any_revision, progress=args.progress)
+    return dict(zip(seeds, seed_runs(run), strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -231,9 +237,11 @@ def collect(args) -> tuple[dict[str, Any], dict]:
     tiny = ",dataset=digits" if args.tiny else ""
     seeds = SEEDS[:1] if args.tiny else SEEDS
     scopes = {k: v for k, v in SCOPES.items() if not args.tiny or k in ("global", "per_device")}
-    runs = {(label, seed): _run(args, f"{spec.replace(',', '_').replace('=', '')}_seed{seed}",
-                                f"{spec},seed={seed}{tiny}" + (",steps=300" if args.tiny else ""))
-            for label, (spec, _) in scopes.items() for seed in seeds}
+    runs = {(label, seed): run
+            for label, (spec, _) in scopes.items()
+            for seed, run in _seed_runs(
+                args, f"{spec.replace(',', '_').replace('=', '')}_seeds{seeds[0]}-{seeds[-1]}",
+                spec + tiny + (",steps=300" if args.tiny else ""), seeds).items()}
     settings = ("BN, global",) if args.tiny else tuple(SETTINGS)
     layouts = tuple(LAYOUTS)[:3] if args.tiny else tuple(LAYOUTS)
     agree, agreed = agreement(settings, layouts, tiny, *((3, 2) if args.tiny else (10, 10)))
@@ -256,7 +264,8 @@ def collect(args) -> tuple[dict[str, Any], dict]:
                    + ("(fake host devices sharing the CPU cores)"
                       if jax.devices()[0].platform == "cpu" else ""),
         "scopes": {}, "step_ms": {k: 1e3 * v for k, v in seconds.items()}, "agreement": agree,
-        "training_runs": record_runs(args, runs.values())}
+        "training_runs": record_runs(args, runs.values())
+        + f" ({len(scopes)} programs of {len(seeds)} seeds, `num_seeds`)"}
     for label, (_, size) in scopes.items():
         finals = [final_metric(runs[label, s], "test_accuracy") for s in seeds]
         results["scopes"][label] = {

@@ -204,6 +204,32 @@ def run_training(
     return RunResult(name, workdir, _records(workdir), summary)
 
 
+def seed_runs(run: RunResult) -> list[RunResult]:
+    """The K seeds of a `num_seeds` run (`normlab.train.seeds`) as K RunResults, read from
+    `run.workdir/seeds/<i>/` and named `f"{run.name}/seed{seed}"`; a one-seed run as [run].
+    A seed that diverged while the others trained on has its message in `diverged`; a run
+    whose every seed diverged (no summary) is returned as [run]. Each seed's wall time is its
+    1/K share of the program's (every seed's summary holds the whole program's), so
+    `describe_runs` sums the program's time once.
+
+        seeds = seed_runs(run_training(config_with_num_seeds_5, "runs/bn", reuse=True))
+    """
+    summary = run.summary
+    k = int(summary.get("num_seeds", 1))
+    if k == 1 or run.diverged is not None:
+        return [run]
+    out = []
+    for i, seed in enumerate(summary["seeds"]["seed"]):
+        folder = run.workdir / "seeds" / str(i)
+        seed_summary = json.loads((folder / "summary.json").read_text())
+        if seed_summary.get("wall_seconds_this_session") is not None:
+            seed_summary["wall_seconds_this_session"] /= k
+        out.append(RunResult(f"{run.name}/seed{seed}", folder, _records(folder), seed_summary,
+                             seed_summary.get("diverged"), reused=run.reused,
+                             same_code=run.same_code))
+    return out
+
+
 def describe_runs(runs: Iterable[RunResult]) -> str:
     """One line of provenance for a report's training runs: how many, how many were reused
     from an earlier session (`reuse=True`), their summed training wall time, and the git
