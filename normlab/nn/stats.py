@@ -361,11 +361,11 @@ def group_norm_act(
     float32 whatever x's dtype; the output has `dtype` (default x's).
 
     Fast by construction, forward and backward (a custom VJP: reverse mode at any order, no
-    forward mode): per-channel two-pass moments combined into groups at the (N, C) size, one
-    pass for the output; the backward takes its sums straight from x and dz (and z, for a
-    proxy with a φ that is not homogeneous) and one pass for dx. No transpose, no reshape of x
-    beyond merging its positions. With a bfloat16 output and such a φ, dr̃ carries z's rounding
-    (2⁻⁹ relative).
+    forward mode): two-pass group moments from per-channel sums grouped at the (N, C) size
+    (LayerNorm: from each example's values as one row), one pass for the output; the backward
+    takes its sums straight from x and dz (and z, for a proxy with a φ that is not
+    homogeneous) and one pass for dx. No transpose, no reshape of x beyond merging axes. With a
+    bfloat16 output and such a φ, dr̃ carries z's rounding (2⁻⁹ relative).
 
         y = group_norm_act(x_NHWC, 8, 1e-5, scale_C, bias_C)                       # GroupNorm
         z = group_norm_act(x_NHWC, 1, 1e-5, gamma_C, beta_C, activation=jax.nn.relu,
