@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()  # name -> kwargs, applied in order
     # how the data reaches the step (normlab.train.stream_input): "device" holds the split on
     # the devices, "stream" reads each step's rows on the host (`threads` workers, `prefetch`
-    # chunks ahead), "auto" holds it when its float32 images fit `device_budget_mb`; encoded
+    # chunks ahead), "auto" holds it when its uint8 images fit `device_budget_mb`; encoded
     # images (ImageNet, image folders) always stream, decoded and cropped to `image_size`
     c.data = ml_collections.ConfigDict(
         {"pipeline": "auto", "device_budget_mb": 2048, "threads": 4, "prefetch": 2,

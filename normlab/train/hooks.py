@@ -68,7 +68,11 @@ class LogTrainMetrics(Hook):
     """Means of the step metrics since the last log line, the lr, and the throughput; with a
     streamed input also `input_wait_s`, the seconds the loop waited for it since the last line
     (a warning when that is over half the time: the input is the bottleneck). With several
-    seeds, each seed's means and lr; `examples_per_s` counts every seed's examples."""
+    seeds, each seed's means and lr; `examples_per_s` counts every seed's examples.
+
+    `grad_norm`, `update_norm` and `param_norm` are computed on the last step of each chunk
+    only (`normlab.train.step._scan_steps`: they cost ~19% of a small model's step), so their
+    logged means are means over the chunks' last steps."""
 
     def __init__(self, every: int, batch_size: int):
         self.every, self.batch_size = every, batch_size
