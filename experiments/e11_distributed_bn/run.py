@@ -17,7 +17,7 @@ The devices are 8 fake CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_
 here before JAX is imported) sharing this machine's cores: their step times measure the
 overhead of each layout, not a speed-up.
 
-    python experiments/e11_distributed_bn/run.py            # ~20 min of CPU time
+    python experiments/e11_distributed_bn/run.py            # ~10 min on 2 cores
     python experiments/e11_distributed_bn/run.py --reuse    # reuse finished runs of the same code
     python experiments/e11_distributed_bn/run.py --report-only  # from results.json alone
     python experiments/e11_distributed_bn/run.py --tiny --out /tmp/e11    # digits, seconds
