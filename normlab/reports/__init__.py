@@ -35,7 +35,14 @@ from normlab.reports.markdown import (
     verdict_table,
 )
 from normlab.reports.plots import new_figure, plot_curves, save_figure
-from normlab.reports.runs import RunResult, describe_runs, run_training, series, steps_to_reach
+from normlab.reports.runs import (
+    RunResult,
+    describe_runs,
+    run_training,
+    seed_runs,
+    series,
+    steps_to_reach,
+)
 from normlab.reports.stats import (
     StepsToReach,
     best_metric,
@@ -79,6 +86,7 @@ __all__ = [
     "run_training",
     "sample_sd",
     "save_figure",
+    "seed_runs",
     "series",
     "steps_to_reach",
     "steps_to_reach_across",

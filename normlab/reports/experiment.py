@@ -109,10 +109,11 @@ def record_runs(args: argparse.Namespace, runs: Iterable[RunResult]) -> str:
     return describe_runs(runs)
 
 
-def results_provenance(command: str | None = None) -> dict[str, Any]:
+def results_provenance(command: str | None = None, revision: str | None = None) -> dict[str, Any]:
     """Where results come from: the git revision (without "-dirty"), whether the tree was clean
-    (no uncommitted changes to tracked files), the command and the UTC time."""
-    revision = git_revision()
+    (no uncommitted changes to tracked files), the command and the UTC time. `revision`: as
+    `git_revision()` gave it when the work started (default: now)."""
+    revision = revision or git_revision()
     info = run_info()
     return {"git_revision": revision.removesuffix("-dirty"),
             "clean": not revision.endswith("-dirty") and revision != "unknown",
@@ -122,9 +123,12 @@ def results_provenance(command: str | None = None) -> dict[str, Any]:
 def save_results(report: Report, results: dict[str, Any], verdicts: list[Verdict]) -> Path:
     """Writes `results` as report.out_dir/results.json with its verdicts and, unless it holds
     one already (results read back to rewrite a report), its provenance
-    (`results_provenance()`: results computed in this process come from this checkout)."""
+    (`results_provenance()`: results computed in this process come from this checkout, at the
+    revision the report recorded when it was created — the figures it has written since into
+    its tracked folder do not make the tree it ran from dirty)."""
     results["verdicts"] = [v.to_dict() for v in verdicts]
-    results.setdefault("provenance", results_provenance(report.info["command"]))
+    results.setdefault("provenance", results_provenance(report.info["command"],
+                                                        report.info["git_revision"]))
     return report.save_json(RESULTS, results)
 
 
