@@ -39,7 +39,7 @@ def _session_cache_dir() -> str:
     """$NORMLAB_TEST_CACHE_DIR (kept: warm reruns), else a fresh directory removed at exit, so
     that every session (CI) measures itself from a cold cache.
 
-    Under pytest-xdist (`make test` runs two workers) this runs first in the controlling
+    Under pytest-xdist (`make test` runs three workers) this runs first in the controlling
     process, which then starts the workers with its environment: both workers and every
     subprocess share its one cache, and the controller, which outlives them, removes it."""
     if os.environ.get("NORMLAB_TEST_CACHE_DIR"):
