@@ -38,3 +38,32 @@ def test_e11_tiny_global_statistics_win_and_modes_agree(tmp_path, monkeypatch):
     assert "fake CPU devices" in text
     for name in ("scopes.png", "agreement.png", "results.json"):
         assert (out / name).exists()
+
+
+def _agreement_verdict(e11, by_start: dict[str, dict[str, float]]):
+    """The agreement claim's verdict for one setting's max |Δparam| per start and layout."""
+    agreement = {"BN, global": {layout: {"steps": [10], "params": [d]}
+                                for layout, d in by_start["0"].items()}}
+    results = {"scopes": {"global": {"examples": 32, "test_accuracy": [0.86]},
+                          "per_device": {"examples": 4, "test_accuracy": [0.82]}},
+               "agreement": agreement,
+               "agreement_starts": {seed: {"BN, global": d} for seed, d in by_start.items()}}
+    (claim,) = [v for v in e11.verdicts(results) if v.claim.startswith("The parallel modes")]
+    return claim
+
+
+def test_e11_agreement_verdict_follows_every_start():
+    e11 = load_experiment("e11_distributed_bn")
+    c = e11.CONTROL
+    fine = {"data 8 (jit)": 2e-7, "data 4 × model 2": 1e-6, c: 3e-7}
+    noisy = {"data 8 (jit)": 1.6e-2, "data 4 × model 2": 1e-6, c: 1.2e-2}  # within 10 × control
+    event = {"data 8 (jit)": 2e-7, "data 4 × model 2": 4.9e-3, c: 3e-7}
+    claim = _agreement_verdict(e11, {"0": fine, "1": noisy, "2": fine})
+    assert (claim.verdict, claim.n) == ("reproduced", 3)
+    # one start of three beyond max(1e-5, 10 × control): named, with its size and bound
+    claim = _agreement_verdict(e11, {"0": event, "1": fine, "2": fine})
+    assert (claim.verdict, claim.n) == ("partly reproduced", 3)
+    assert "data 4 × model 2 from seed 0: 4.9e-03 (bound 1.0e-05)" in claim.evidence
+    # the same layout beyond the bound from most starts: a layout error, not one rounding event
+    claim = _agreement_verdict(e11, {"0": event, "1": event, "2": fine})
+    assert claim.verdict == "not reproduced"

@@ -8,10 +8,11 @@ the global batch (32), groups of 4 devices (16), ghost batches of 8, each device
 (per_device), ghost batches of 2. Test accuracy (mean ± 95% CI, Welch tests of neighbours in
 the ordering), and the step time of every scope under jit and pmap.
 Part 2 (the same config, each parallel layout built with `ParallelPlan` exactly as the trainer
-builds it): 100 steps from one initial state on 1 device, 8-way data parallel (jit and pmap),
-4 data × 2 model (tensor parallel) and 4 data × 2 stages (GPipe), with BN (global scope,
-ghost batches of 4) and GN + Proxy Norm; the largest differences of the losses, parameters
-and running statistics from the 1-device run after 10 and after 100 steps.
+builds it): from three starts (seeds 0, 1, 2: initial state and data order), 1 device, 8-way
+data parallel (jit and pmap), 4 data × 2 model (tensor parallel) and 4 data × 2 stages (GPipe),
+with BN (global scope, ghost batches of 4) and GN + Proxy Norm; the largest differences of the
+losses, parameters and running statistics from the 1-device run after 10 and after 100 steps
+(seed 0's start) and after 10 steps (every start: the verdict).
 
 The devices are 8 fake CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`, set
 here before JAX is imported) sharing this machine's cores: their step times measure the
@@ -33,6 +34,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_FLAG}=8").strip()
 
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -86,6 +88,7 @@ LAYOUTS = {  # label: (config overrides, number of devices)
 }
 SUBSET = 2048  # training images the agreement and timing setups step through
 CONTROL = "control: 1 device, params + 1 ulp"
+AGREE_SEEDS = (0, 1, 2)  # the agreement check's starts (initial state and data order)
 AGREE_TOL = 1e-5  # tests/test_parallel_equivalence.py's float32 tolerance after a few steps
 
 
@@ -141,16 +144,17 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def agreement(
-    settings: Sequence[str], layouts: Sequence[str], tiny_arg: str, chunk: int, chunks: int
+    settings: Sequence[str], layouts: Sequence[str], tiny_arg: str, chunk: int, chunks: int,
+    seed: int,
 ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Setup]]:
-    """For each setting and layout: max |Δ| of the losses, parameters and running statistics
-    from the 1-device run after every chunk of steps; and the first setting's Setups (reused
-    for timing)."""
+    """From the start of `seed` (initial state and data order), for each setting and layout:
+    max |Δ| of the losses, parameters and running statistics from the 1-device run after every
+    chunk of steps; and the first setting's Setups (reused for timing)."""
     results: dict[str, dict[str, Any]] = {}
     setups: dict[tuple[str, str], Setup] = {}
     for setting in settings:
-        spec, ref_spec = SETTINGS[setting]
-        reference = prepare(_config(ref_spec + tiny_arg, LAYOUTS["1 device"][0]), 1)
+        spec, ref_spec = (f"{s}{tiny_arg},seed={seed}" for s in SETTINGS[setting])
+        reference = prepare(_config(ref_spec, LAYOUTS["1 device"][0]), 1)
         if setting == settings[0]:
             setups[setting, "1 device"] = reference
         initial = jax.device_get(reference.run.canonical())
@@ -167,8 +171,7 @@ def agreement(
             overrides, devices = LAYOUTS.get(layout, LAYOUTS["1 device"])
             if layout == "1 device" or (setting.startswith("BN, per_device") and "×" in layout):
                 continue  # per_device depends on the data axis: compared where it has 8 devices
-            setup = prepare(_config((ref_spec if layout == CONTROL else spec) + tiny_arg,
-                                    overrides), devices,
+            setup = prepare(_config(ref_spec if layout == CONTROL else spec, overrides), devices,
                             nudged if layout == CONTROL else initial)
             if setting == settings[0]:  # kept for timing; the others are freed
                 setups[setting, layout] = setup
@@ -188,6 +191,12 @@ def agreement(
                 "microbatches": setup.run.plan.microbatches,
             }
     return results, setups
+
+
+def first_chunk(agree: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per setting and layout (the control included): max |Δparam| after the first chunk."""
+    return {setting: {layout: r["params"][0] for layout, r in layouts.items()}
+            for setting, layouts in agree.items()}
 
 
 def step_times(setups: dict[str, Setup], chunk: int, rounds: int) -> dict[str, float]:
@@ -244,7 +253,13 @@ def collect(args) -> tuple[dict[str, Any], dict]:
                 spec + tiny + (",steps=300" if args.tiny else ""), seeds).items()}
     settings = ("BN, global",) if args.tiny else tuple(SETTINGS)
     layouts = tuple(LAYOUTS)[:3] if args.tiny else tuple(LAYOUTS)
-    agree, agreed = agreement(settings, layouts, tiny, *((3, 2) if args.tiny else (10, 10)))
+    chunk, chunks = (3, 2) if args.tiny else (10, 10)
+    starts = AGREE_SEEDS[:1] if args.tiny else AGREE_SEEDS
+    agree, agreed = agreement(settings, layouts, tiny, chunk, chunks, starts[0])
+    by_start = {str(starts[0]): first_chunk(agree)}
+    for seed in starts[1:]:  # the verdict's first chunk only; the 100 steps are seed 0's
+        by_start[str(seed)] = first_chunk(
+            agreement(settings, layouts, tiny, chunk, 1, seed)[0])
 
     # timing: the global-scope layouts of the agreement check, and every other scope
     timed = {("global" + (f" ({layout[8:-1]})" if layout.startswith("data 8") else
@@ -264,6 +279,7 @@ def collect(args) -> tuple[dict[str, Any], dict]:
                    + ("(fake host devices sharing the CPU cores)"
                       if jax.devices()[0].platform == "cpu" else ""),
         "scopes": {}, "step_ms": {k: 1e3 * v for k, v in seconds.items()}, "agreement": agree,
+        "agreement_starts": by_start,
         "training_runs": record_runs(args, runs.values())
         + f" ({len(scopes)} programs of {len(seeds)} seeds, `num_seeds`)"}
     for label, (_, size) in scopes.items():
@@ -348,6 +364,8 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
                          r["batch_stats"][0] if r["batch_stats"] else None,
                          r["loss"][-1], r["params"][-1]])
     first, last = (agree["BN, global"]["data 8 (jit)"]["steps"][i] for i in (0, -1))
+    starts = _starts(results)
+    report.text(f"From seed {next(iter(starts))}'s start (initial state and data order):")
     report.table(["setting", "layout (vs 1 device)", "|Δloss| step 1",
                   f"first step |Δloss| > {AGREE_TOL:g}",
                   f"max |Δloss| 1-{first}", f"max |Δparam| @ {first}",
@@ -370,6 +388,18 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
         "runs with M = 1 microbatch (with M > 1 it normalizes each microbatch: ghost batches "
         "of B/M); GN + PN, batch-independent, with M = 2."
     )
+    over = _exceedances(starts)
+    report.text(f"**From {len(starts)} start{'s' if len(starts) > 1 else ''}** (seeds "
+                f"{', '.join(starts)}: each its own initial state and data order), max "
+                f"|Δparam| after {first} steps, and the starts where a layout exceeds "
+                f"max({AGREE_TOL:g}, 10 × that start's control):")
+    rows = [[setting, layout, *(starts[seed][setting][layout] for seed in starts),
+             ", ".join(f"seed {seed}" for seed, s, lay, _, _ in over
+                       if (s, lay) == (setting, layout)) or "—" if layout != CONTROL else ""]
+            for setting, layouts in starts[next(iter(starts))].items() for layout in layouts]
+    report.table(["setting", "layout (vs 1 device)",
+                  *(f"max |Δparam| @ {first} (seed {seed})" for seed in starts),
+                  "exceeds in"], rows, spec=".1e")
     fig, axes = new_figure(len(agree))
     for ax, (setting, layouts) in zip(axes, agree.items(), strict=True):
         plot_curves(ax, {layout: (r["steps"], np.maximum(r["params"], 1e-12))
@@ -385,23 +415,44 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
     report_results(report, results, claims)
 
 
-def _agreement(results: dict[str, Any]) -> tuple[dict[str, tuple[float, float]], list[str]]:
-    """Per setting (the largest max |Δparam| of a layout after the first chunk, the 1-ulp
-    control's), and a line per setting."""
-    agreement, first_chunk = [], {}
+def _agreement(results: dict[str, Any]) -> list[str]:
+    """A line per setting: the largest max |Δparam| of a layout after the first and the last
+    chunk from the first start, and the 1-ulp control's."""
+    agreement = []
     for setting, layouts in results["agreement"].items():
         control = layouts[CONTROL]
         others = {k: v for k, v in layouts.items() if k != CONTROL}
         first = max(others, key=lambda k: others[k]["params"][0])
         last = max(others, key=lambda k: others[k]["params"][-1])
-        first_chunk[setting] = (others[first]["params"][0], control["params"][0])
         steps = control["steps"]
         agreement.append(
             f"{setting}: largest max |Δparam| after {steps[0]} steps "
             f"{others[first]['params'][0]:.1e} ({first}); after {steps[-1]} steps "
             f"{others[last]['params'][-1]:.1e} ({last}); control (1 ulp) "
             f"{control['params'][0]:.1e} and {control['params'][-1]:.1e}")
-    return first_chunk, agreement
+    return agreement
+
+
+def _starts(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per start (its seed): per setting and layout, max |Δparam| after the first chunk."""
+    if "agreement_starts" in results:
+        return results["agreement_starts"]
+    return {"0": first_chunk(results["agreement"])}  # results from before: one start, seed 0
+
+
+def _exceedances(
+    starts: dict[str, dict[str, dict[str, float]]],
+) -> list[tuple[str, str, str, float, float]]:
+    """(seed, setting, layout, max |Δparam|, bound) of every layout beyond its start's bound:
+    float32 tolerance, or 10× how far a 1-ulp change of the start moves the 1-device run itself
+    (4-example statistics amplify rounding)."""
+    over = []
+    for seed, settings in starts.items():
+        for setting, layouts in settings.items():
+            bound = max(AGREE_TOL, 10 * layouts[CONTROL])
+            over += [(seed, setting, layout, d, bound) for layout, d in layouts.items()
+                     if layout != CONTROL and d > bound]
+    return over
 
 
 def verdicts(results: dict[str, Any]) -> list[Verdict]:
@@ -410,10 +461,13 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
     glob, dev = scopes["global"]["test_accuracy"], scopes["per_device"]["test_accuracy"]
     welch = welch_test(glob, dev) if min(len(glob), len(dev)) > 1 else None
     better = np.mean(glob) > np.mean(dev) and (welch is None or welch.p < 0.05)
-    first_chunk, _ = _agreement(results)
-    # a layout agrees when it is within float32 tolerance, or within 10× of how far a 1-ulp
-    # change of the start moves the 1-device run itself (4-example statistics amplify rounding)
-    agree_ok = all(d <= max(AGREE_TOL, 10 * control) for d, control in first_chunk.values())
+    starts = _starts(results)
+    over = _exceedances(starts)
+    # a layout's own error shows from every start; one beyond the bound from a minority of the
+    # starts is a data-dependent rounding event (the report shows which, and by how much)
+    most = max(Counter((setting, layout) for _, setting, layout, _, _ in over).values(),
+               default=0)
+    steps = next(iter(results["agreement"].values()))[CONTROL]["steps"][0]
     evidence = (
         f"global {fmt_mean_ci(glob, '.4f')} vs per-device {fmt_mean_ci(dev, '.4f')}"
         + (f", Welch p = {welch.p:.2g}" if welch is not None else "")
@@ -422,9 +476,14 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
         Verdict("Statistics over the global batch train better than each device's own 4 "
                 "examples", evidence, "reproduced" if better else "not reproduced", n=len(glob)),
         Verdict("The parallel modes compute the same training steps",
-                "largest max |Δparam| after the first chunk (1-ulp control): " + ", ".join(
-                    f"{k} {d:.1e} ({c:.1e})" for k, (d, c) in first_chunk.items()),
-                "reproduced" if agree_ok else "not reproduced", n=1),
+                f"max |Δparam| after {steps} steps from seeds {', '.join(starts)}: every "
+                f"layout within max({AGREE_TOL:g}, 10 × its start's 1-ulp control)"
+                + ("" if not over else " except " + ", ".join(
+                    f"{setting} / {layout} from seed {seed}: {d:.1e} (bound {bound:.1e})"
+                    for seed, setting, layout, d, bound in over)),
+                "reproduced" if not over else
+                "partly reproduced" if 2 * most < len(starts) else "not reproduced",
+                n=len(starts)),
         Verdict("Synchronized statistics cost step time", "fake CPU devices share the cores: "
                 "the step times measure dispatch overhead, not communication", "not tested"),
     ]
@@ -448,13 +507,15 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
 def _verdict(results: dict[str, Any]) -> str:
     scopes, step_ms = results["scopes"], results["step_ms"]
     ordered = sorted(scopes, key=lambda k: -scopes[k]["examples"])
-    _, agreement = _agreement(results)
+    agreement = _agreement(results)
+    starts = _starts(results)
     return (
         "- Mean test accuracy by scope, from the most examples per statistics to the fewest: "
         + ", ".join(f"{k} {fmt_mean_ci(scopes[k]['test_accuracy'], '.4f')}" for k in ordered)
         + ".\n- Step time: " + ", ".join(f"{k} {v:.2f} ms" for k, v in step_ms.items())
         + " (fake devices: overhead, not speed).\n"
-        "- Agreement with 1 device:\n" + "\n".join(f"  - {line}." for line in agreement)
+        + f"- Agreement with 1 device, from seed {next(iter(starts))}'s start:\n"
+        + "\n".join(f"  - {line}." for line in agreement)
     )
 
 
