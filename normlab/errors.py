@@ -19,6 +19,11 @@ class NonFiniteLossError(NormlabError):
     """The training loss became NaN or infinite; the message names the step and checkpoint."""
 
 
+class TrainingInterrupted(NormlabError):
+    """A run stopped by SIGINT or SIGTERM before its last step (its checkpoint is saved): what
+    collects finished runs (an experiment's report) must not go on with it as a result."""
+
+
 class ConfigError(NormlabError, ValueError):
     """A config file could not be loaded or run; the message names the file and line.
 

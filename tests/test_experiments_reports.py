@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import signal
+import threading
 from pathlib import Path
 
 import jax
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 
 from normlab.config import apply_overrides, load_config
+from normlab.errors import TrainingInterrupted
 from normlab.reports import (
     Report,
     RunResult,
@@ -164,6 +168,19 @@ def test_run_training_trains_reuses_and_records_divergence(tmp_path):
                           reuse=True)
     assert reread.reused and reread.diverged == bad.diverged
     assert all(math.isfinite(r["train_loss"]) for r in reread.records if r.get("train_loss"))
+
+
+def test_an_interrupted_run_is_not_returned_as_a_result(tmp_path):
+    """SIGINT mid-run: train() saves and returns an unfinished summary; run_training raises."""
+    config = _digits_config("total_steps=1000000")
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(TrainingInterrupted, match="was interrupted at step"):
+            run_training(config, tmp_path / "run", name="long", devices=ONE)
+    finally:
+        timer.cancel()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["finished"] is False
 
 
 def test_run_training_refuses_to_delete_a_foreign_folder(tmp_path):

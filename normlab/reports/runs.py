@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from normlab.errors import NonFiniteLossError
+from normlab.errors import NonFiniteLossError, TrainingInterrupted
 from normlab.train.defaults import base_config
 from normlab.train.loop import train
 from normlab.train.metrics import read_metrics
@@ -200,6 +200,12 @@ def run_training(
         (workdir / DIVERGED).write_text(json.dumps({"message": str(err)}) + "\n")
         _record_code(workdir)
         return RunResult(name, workdir, _records(workdir), {}, str(err))
+    if not summary["finished"]:  # stopped by a signal: train() saved and returned
+        raise TrainingInterrupted(
+            f"run_training: {name!r} was interrupted at step {summary['step']} of "
+            f"{summary['total_steps']}; nothing after it was computed from it. Rerun the "
+            "experiment (with --reuse, its finished runs are kept)"
+        )
     _record_code(workdir)
     return RunResult(name, workdir, _records(workdir), summary)
 
