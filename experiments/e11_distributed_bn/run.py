@@ -45,19 +45,17 @@ from ml_collections import ConfigDict  # noqa: E402
 from normlab.config import load_config  # noqa: E402
 from normlab.reports import (  # noqa: E402
     Report,
-    RunResult,
     new_figure,
     plot_curves,
-    run_training,
 )
 from normlab.reports.experiment import (  # noqa: E402
     load_results,
     parse_experiment_args,
     record_runs,
     report_results,
+    train_seeds,
 )
 from normlab.reports.markdown import Verdict, fmt_mean_ci, verdict_table  # noqa: E402
-from normlab.reports.runs import seed_runs  # noqa: E402
 from normlab.reports.stats import final_metric  # noqa: E402
 from normlab.sample_stats import welch_test  # noqa: E402
 from normlab.train.run import Run, build_run  # noqa: E402
@@ -213,16 +211,6 @@ def step_times(setups: dict[str, Setup], chunk: int, rounds: int) -> dict[str, f
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _seed_runs(args, name: str, spec: str, seeds: Sequence[int]) -> dict[int, RunResult]:
-    """The runs of `spec` with each of `seeds` (consecutive), trained as one program of
-    `num_seeds` = len(seeds) (`normlab.train.seeds`: each seed equals its own run)."""
-    config = load_config(f"{CONFIG}:{spec},seed={seeds[0]}")
-    config.num_seeds = len(seeds)
-    run = run_training(config, args.runs / name, name=name, reuse=args.reuse,
-                       any_revision=args.reuse_any_revision, progress=args.progress)
-    return dict(zip(seeds, seed_runs(run), strict=True))
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs E11 (or, with --report-only, reads its results.json) and writes the report; returns
     the results."""
@@ -243,14 +231,16 @@ def collect(args) -> tuple[dict[str, Any], dict]:
             f"process (it sets XLA_FLAGS={_FLAG}={DEVICES} before importing JAX) or with "
             "JAX_PLATFORMS=cpu"
         )
+    args.devices = None  # the statistics scopes need all 8 devices, --tiny too
     tiny = ",dataset=digits" if args.tiny else ""
     seeds = SEEDS[:1] if args.tiny else SEEDS
     scopes = {k: v for k, v in SCOPES.items() if not args.tiny or k in ("global", "per_device")}
     runs = {(label, seed): run
             for label, (spec, _) in scopes.items()
-            for seed, run in _seed_runs(
+            for seed, run in zip(seeds, train_seeds(
                 args, f"{spec.replace(',', '_').replace('=', '')}_seeds{seeds[0]}-{seeds[-1]}",
-                spec + tiny + (",steps=300" if args.tiny else ""), seeds).items()}
+                f"{CONFIG}:{spec}{tiny}" + (",steps=300" if args.tiny else ""), seeds),
+                strict=True)}
     settings = ("BN, global",) if args.tiny else tuple(SETTINGS)
     layouts = tuple(LAYOUTS)[:3] if args.tiny else tuple(LAYOUTS)
     chunk, chunks = (3, 2) if args.tiny else (10, 10)

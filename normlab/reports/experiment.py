@@ -31,7 +31,13 @@ from ml_collections import ConfigDict
 
 from normlab.config import load_config
 from normlab.reports.markdown import Report, Verdict, markdown_table
-from normlab.reports.runs import RunResult, describe_runs, run_training, save_eval_records
+from normlab.reports.runs import (
+    RunResult,
+    describe_runs,
+    run_training,
+    save_eval_records,
+    seed_runs,
+)
 from normlab.train.run_info import command_line, git_revision, run_info
 
 RUNS = "runs"  # training workdirs, under the output folder (not committed: see its .gitignore)
@@ -97,6 +103,25 @@ def train_config(
     return run_training(config, args.runs / name, name=name, reuse=args.reuse,
                         any_revision=args.reuse_any_revision, progress=args.progress,
                         devices=args.devices)
+
+
+def train_seeds(
+    args: argparse.Namespace, name: str, spec: str, seeds: Sequence[int], **overrides: Any
+) -> list[RunResult]:
+    """The runs of config `spec` with each of `seeds` (consecutive integers), trained as one
+    program of `num_seeds = len(seeds)` in `args.runs/name` (`normlab.train.seeds`: each seed
+    equals its own separate run); one RunResult per seed, in the order of `seeds`.
+
+        runs = train_seeds(args, "bn_lr0.5", "configs/e4_bn_mnist.py:norm=batch,lr=0.5", range(5))
+    """
+    seeds = [int(s) for s in seeds]
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError(f"train_seeds: seeds must be consecutive integers, got {seeds}")
+    run = train_config(args, name, spec, seed=seeds[0], num_seeds=len(seeds), **overrides)
+    runs = seed_runs(run)
+    if len(runs) != len(seeds):  # every seed diverged: one failed run, no per-seed folders
+        runs = [run] * len(seeds)
+    return runs
 
 
 def record_runs(args: argparse.Namespace, runs: Iterable[RunResult]) -> str:
