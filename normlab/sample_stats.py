@@ -112,3 +112,23 @@ def bootstrap_ci(
     low = stats[int(math.floor(tail * (n_boot - 1)))]
     high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
     return float(low), float(high)
+
+
+def wilson_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval (low, high) of a proportion, k successes in n trials: centre
+    (p + z²/2n)/(1 + z²/n), half-width z·√(p(1−p)/n + z²/4n²)/(1 + z²/n), z the normal
+    (1+level)/2 quantile. Unlike p ± z·√(p(1−p)/n) it stays in [0, 1] and is not empty at
+    k = 0 or k = n (0 of 5: (0, 0.43)).
+
+        wilson_interval(5, 5)      # (0.566, 1.0)
+    """
+    from scipy import stats as scipy_stats  # as in mean_ci
+
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need n >= 1 and 0 <= k <= n, got k={k}, n={n}")
+    z = float(scipy_stats.norm.ppf((1 + level) / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # clipped: at k = 0 or n the bound is 0 or 1 up to rounding
+    return max(0.0, centre - half), min(1.0, centre + half)
