@@ -14,9 +14,10 @@ the diagnostics log the 15/50/85th percentiles of unit 0's sigmoid input in ever
 
 Arguments: norm (batch or none), lr (base learning rate), lr_mult (multiplies lr: the paper's
 BN-x5 and BN-x30), act (default sigmoid; E5 runs this net with every activation), init_std
-(default 0.1), batch (default 60; a multiple of the devices on the mesh's data axis), steps
-(default 50,000), seed, dataset (mnist or digits; digits has no validation split: val is its
-test split), runlocal.
+(default 0.1), bias_init (the hidden biases' initial value, default 0; E5's dying-ReLU arm
+starts units off with a negative one), batch (default 60; a multiple of the devices on the
+mesh's data axis), steps (default 50,000), seed, dataset (mnist or digits; digits has no
+validation split: val is its test split), runlocal.
 
 Expected: norm=batch reaches higher test accuracy than norm=none throughout and reaches 95%
 in far fewer steps; see experiments/e4_bn_mnist/report.md.
@@ -40,6 +41,7 @@ def get_config(arg=None):
         lr_mult=1.0,
         act="sigmoid",
         init_std=0.1,
+        bias_init=0.0,
         batch=60,
         steps=50_000,
         seed=0,
@@ -66,6 +68,7 @@ def get_config(arg=None):
         activation=a.act,
         kernel_init="normal",
         kernel_init_kwargs={"std": a.init_std},
+        hidden_bias_init=a.bias_init,
     )
     c.lr = a.lr * a.lr_mult
     c.optimizer = dict(name="sgd")

@@ -35,6 +35,7 @@ class DenseNormAct(nn.Module):
       features: output width.
       norm, activation, norm_kwargs, act_kwargs: as in `NormAct`.
       kernel_init: the init function of W.
+      bias_init: the init function of b (default zeros).
       use_bias: whether to add b.
       dtype: computation dtype of the matmul and the NormAct (None: from the input and params).
       axes: logical axis names (input, output) of W for tensor parallelism
@@ -56,6 +57,7 @@ class DenseNormAct(nn.Module):
     norm_kwargs: Mapping[str, Any] | None = None
     act_kwargs: Mapping[str, Any] | None = None
     kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
     use_bias: bool = True
     dtype: Any = None
     axes: Axes = (None, None)
@@ -69,7 +71,7 @@ class DenseNormAct(nn.Module):
         dense_kwargs = dict(
             use_bias=self.use_bias,
             kernel_init=partitioned(self.kernel_init, self.axes),
-            bias_init=partitioned(nn.initializers.zeros, (out_axis,)),
+            bias_init=partitioned(self.bias_init, (out_axis,)),
             dtype=self.dtype,
             name="dense",
         )
@@ -109,8 +111,10 @@ class MLP(nn.Module):
       widths: per-layer widths; when given, it replaces `depth` and `width`.
       norm, activation, norm_kwargs, act_kwargs: of every hidden layer (`NormAct`).
       kernel_init, kernel_init_kwargs: `INITIALIZERS` name and options for every Dense kernel,
-        the head's included (biases start at 0).
+        the head's included.
       use_bias: bias in the hidden Dense layers.
+      hidden_bias_init: the value every hidden Dense bias starts at (default 0; a negative
+        value starts ReLU units off, E5's dying-ReLU arm); the head's bias starts at 0.
       dropout_rate: dropout after each hidden activation (0: none).
       dropout_mode: "inverted" or "classic" (`normlab.nn.dropout.Dropout`).
       dropconnect_rate: DropConnect on every hidden layer's W (`DropConnectDense`; 0: none).
@@ -141,6 +145,7 @@ class MLP(nn.Module):
     kernel_init: str = "lecun_normal"
     kernel_init_kwargs: Mapping[str, Any] | None = None
     use_bias: bool = True
+    hidden_bias_init: float = 0.0
     dropout_rate: float = 0.0
     dropout_mode: str = "inverted"
     dropconnect_rate: float = 0.0
@@ -187,6 +192,7 @@ class MLP(nn.Module):
             norm_kwargs=self.norm_kwargs,
             act_kwargs=self.act_kwargs,
             kernel_init=build_initializer(self.kernel_init, self.kernel_init_kwargs),
+            bias_init=nn.initializers.constant(self.hidden_bias_init),
             use_bias=self.use_bias,
             dtype=self.dtype,
             axes=axes,
