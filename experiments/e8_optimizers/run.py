@@ -11,13 +11,16 @@ i.e. SGD's step size × (1 − μ); AdaGrad 0.01; RMSProp, Adam and AdamW 1e-3);
 validation accuracy (5,000 held-out training images) sits at an end of the rungs tried, the
 next rung beyond it is run too (at most `MAX_EXTEND` times). The best rung is that optimizer's
 lr*. Each schedule runs SGD + momentum at its lr* and at the next rung up (a decay tolerates a
-larger start) and keeps the better on validation. The learning rates are chosen on seed 0; the
-chosen settings are rerun with seeds 1 and 2 (`SEEDS`) for the tables' mean ± 95% CI.
+larger start) and keeps the better on validation. The learning rates are chosen on seed 0
+(`SEARCH_SEEDS`, one run per rung); every chosen setting is then trained with the five seeds
+`SEEDS` (initial weights and batch order) as one `num_seeds` program, and the tables and
+verdicts rest on those five: mean ± 95% CI, steps to a threshold as median with a bootstrap CI,
+and Welch tests (p < `ALPHA`) wherever a verdict compares two methods.
 
-    python experiments/e8_optimizers/run.py            # 56 runs of 4,000 steps, ~12 min CPU
+    python experiments/e8_optimizers/run.py            # ~32 one-seed runs, 11 of 5 seeds
     python experiments/e8_optimizers/run.py --reuse    # reuse finished runs of the same code
     python experiments/e8_optimizers/run.py --report-only  # from results.json alone
-    python experiments/e8_optimizers/run.py --tiny --out /tmp/e8    # digits, 4 runs, seconds
+    python experiments/e8_optimizers/run.py --tiny --out /tmp/e8    # digits, 2 seeds, seconds
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from normlab.config import load_config
 from normlab.reports import (
     Report,
     RunResult,
@@ -35,10 +37,11 @@ from normlab.reports import (
     best_metric,
     choose_lr,
     final_metric,
+    fmt,
     fmt_mean_ci,
     new_figure,
     plot_curves,
-    run_training,
+    steps_to_reach,
     steps_to_reach_across,
     summarize,
     verdict_table,
@@ -49,6 +52,7 @@ from normlab.reports.experiment import (
     parse_experiment_args,
     record_runs,
     report_results,
+    train_seeds,
 )
 
 CONFIG = "configs/e8_optimizers.py"
@@ -59,41 +63,48 @@ MAX_EXTEND = 3
 SCHEDULE_OPT = "momentum"
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
 THRESHOLDS = (0.85, 0.88)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)  # every chosen setting: one program of these seeds (`num_seeds`)
+SEARCH_SEEDS = (0,)  # the lr grids and the schedules' base lr: one run per rung
+ALPHA = 0.05  # a difference counts where its two-sided Welch p is below this
 LATE = 0.25  # "late": the last quarter of the steps
-# tiny: each optimizer at its default lr alone, one seed, constant vs cosine
+# tiny: each optimizer at its default lr alone, constant vs cosine; the two seeds' program is
+# both the search and the final runs
 TINY = {"optimizers": ("sgd", "momentum", "adam"), "thresholds": (0.85, 0.9),
-        "schedules": ("constant", "cosine"), "seeds": (0,), "search": (0, 1),
-        "arg": ",dataset=digits,steps=300,batch=32,eval_every=20"}
+        "schedules": ("constant", "cosine"), "seeds": (0, 1), "search_seeds": (0, 1),
+        "search": (0, 1), "arg": ",dataset=digits,steps=300,batch=32,eval_every=20"}
 FULL = {"optimizers": tuple(DEFAULT_LR), "thresholds": THRESHOLDS, "schedules": SCHEDULES,
-        "seeds": SEEDS, "search": (MAX_EXTEND, 3), "arg": ""}
+        "seeds": SEEDS, "search_seeds": SEARCH_SEEDS, "search": (MAX_EXTEND, 3), "arg": ""}
 
 
 class Study:
-    """Runs (or reuses) the training runs of this report, each once, by name."""
+    """Runs (or reuses) the training programs of this report, each once, by name."""
 
-    def __init__(self, args, extra: str):
-        self.args, self.extra, self.runs = args, extra, {}
+    def __init__(self, args, extra: str, search_seeds: Sequence[int]):
+        self.args, self.extra, self.search_seeds = args, extra, tuple(search_seeds)
+        self.runs: dict[str, list[RunResult]] = {}
 
-    def run(self, opt: str, lr: float, schedule: str = "constant", seed: int = 0) -> RunResult:
-        name = f"{opt}_{schedule}_lr{lr:g}" + (f"_seed{seed}" if seed else "")
+    def run(self, opt: str, lr: float, schedule: str = "constant",
+            seeds: Sequence[int] | None = None) -> list[RunResult]:
+        """The runs (one per seed, default `search_seeds`) of one setting, trained as one
+        `num_seeds` program."""
+        seeds = tuple(seeds or self.search_seeds)
+        name = f"{opt}_{schedule}_lr{lr:g}" + (
+            f"_seeds{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"_seed{seeds[0]}")
         if name not in self.runs:
-            spec = f"{CONFIG}:opt={opt},lr={lr},schedule={schedule},seed={seed}{self.extra}"
-            self.runs[name] = run_training(load_config(spec), self.args.runs / name, name=name,
-                                           reuse=self.args.reuse,
-                                           any_revision=self.args.reuse_any_revision,
-                                           progress=self.args.progress,
-                                           devices=self.args.devices)
+            spec = f"{CONFIG}:opt={opt},lr={lr},schedule={schedule}{self.extra}"
+            self.runs[name] = train_seeds(self.args, name, spec, seeds)
         return self.runs[name]
 
 
-def _val(run: RunResult) -> float | None:
-    return final_metric(run, "val_accuracy")
+def _val(runs: Sequence[RunResult]) -> float | None:
+    """The final validation accuracy, mean over the seeds (None if one diverged)."""
+    values = [final_metric(r, "val_accuracy") for r in runs]
+    return None if None in values else float(np.mean(values))
 
 
 def tune(
     study: Study, opt: str, max_extend: int, rungs: int = 3
-) -> tuple[float, dict[float, RunResult]]:
+) -> tuple[float, dict[float, list[RunResult]]]:
     """lr* of `opt` on the ladder (see the module docstring) and every run tried; `rungs`=1
     (the tiny version) runs the default alone."""
     i = LADDER.index(DEFAULT_LR[opt])
@@ -117,18 +128,23 @@ def late_std(run: RunResult) -> float:
 
 def numbers(runs: list[RunResult], lr: float, thresholds: Sequence[float]) -> dict[str, Any]:
     """The numbers behind a table row, per seed (seed order), and the steps to each threshold
-    over the seeds (median, bootstrap CI)."""
+    over the seeds (median, bootstrap CI); `seconds`: the wall time of the program (all
+    seeds)."""
     steps0, acc0 = runs[0].series("test_accuracy")
     reach = {str(t): steps_to_reach_across(runs, "test_accuracy", t) for t in thresholds}
     return {"lr": lr, "seeds": len(runs),
             "final_test_accuracy": [final_metric(r, "test_accuracy") for r in runs],
+            "final_val_accuracy": [final_metric(r, "val_accuracy") for r in runs],
             "best_test_accuracy": [best_metric(r, "test_accuracy") for r in runs],
             "final_train_loss": [final_metric(r, "train_loss") for r in runs],
             "late_std": [late_std(r) for r in runs],
             "median_steps_to": {t: vars(s) for t, s in reach.items()},
-            "final_val_accuracy": _val(runs[0]), "steps": steps0.tolist(),
-            "test_accuracy": acc0.tolist(), "diverged": [r.diverged for r in runs],
-            "seconds": runs[0].seconds}
+            "steps_to": {str(t): [steps_to_reach(*r.series("test_accuracy"), t) for r in runs]
+                         for t in thresholds},
+            "total_steps": int(steps0.max()), "eval_every": int(np.diff(steps0).max()),
+            "steps": steps0.tolist(), "test_accuracy": acc0.tolist(),
+            "diverged": [r.diverged for r in runs],
+            "seconds": sum(r.seconds or 0.0 for r in runs) or None}
 
 
 def _steps_cell(s: dict[str, Any]) -> str:
@@ -139,17 +155,12 @@ def _steps_cell(s: dict[str, Any]) -> str:
         f" ({s['reached']} of {s['n']})" if s["reached"] < s["n"] else "")
 
 
-def _seed_mean(k: dict[str, Any], key: str) -> float:
-    # results from before per-seed values were stored hold the mean over the seeds alone
-    value = k[key]
-    return _mean(value) if isinstance(value, list) else value
-
-
 def _row(label: str, k: dict[str, Any], thresholds) -> list[Any]:
-    return [label, f"{k['lr']:g}", fmt_mean_ci(k["final_test_accuracy"], ".4f", show_n=False),
-            _seed_mean(k, "best_test_accuracy"), _mean(k["final_train_loss"]),
-            _seed_mean(k, "late_std"), *(_steps_cell(k["median_steps_to"][str(t)])
-                                         for t in thresholds),
+    return [label, f"{k['lr']:g}",
+            *(fmt_mean_ci(k[key], ".4f", show_n=False) for key in
+              ("final_val_accuracy", "final_test_accuracy", "best_test_accuracy",
+               "final_train_loss", "late_std")),
+            *(_steps_cell(k["median_steps_to"][str(t)]) for t in thresholds),
             f"{k['seconds']:.0f}" if k["seconds"] else None]
 
 
@@ -181,7 +192,7 @@ def collect(args) -> tuple[dict[str, Any], dict[str, dict[str, RunResult]]]:
     curves)."""
     size = TINY if args.tiny else FULL
     optimizers, thresholds, seeds = size["optimizers"], size["thresholds"], size["seeds"]
-    study = Study(args, size["arg"])
+    study = Study(args, size["arg"], size["search_seeds"])
     max_extend, rungs = size["search"]
     tuned = {opt: tune(study, opt, max_extend, rungs) for opt in optimizers}
     best = {opt: lr for opt, (lr, _) in tuned.items()}
@@ -190,33 +201,40 @@ def collect(args) -> tuple[dict[str, Any], dict[str, dict[str, RunResult]]]:
     sched_runs = {s: {lr: study.run(SCHEDULE_OPT, lr, s) for lr in bases}
                   for s in size["schedules"]}
     chosen = {s: choose_lr(r, "val_accuracy") for s, r in sched_runs.items()}
-    # the chosen settings again with more seeds (the lr is chosen on seed 0 alone)
-    opt_numbers = {opt: numbers([study.run(opt, best[opt], seed=k) for k in seeds], best[opt],
-                                thresholds) for opt in optimizers}
-    sched_numbers = {s: numbers([study.run(SCHEDULE_OPT, chosen[s], s, seed=k) for k in seeds],
-                                chosen[s], thresholds) for s in size["schedules"]}
+    # every chosen setting with all the seeds, one program each (the constant schedule at
+    # momentum's lr* is the momentum optimizer's program)
+    opt_numbers = {opt: numbers(study.run(opt, best[opt], seeds=seeds), best[opt], thresholds)
+                   for opt in optimizers}
+    sched_numbers = {s: numbers(study.run(SCHEDULE_OPT, chosen[s], s, seeds=seeds), chosen[s],
+                                thresholds) for s in size["schedules"]}
     for s, runs in sched_runs.items():
         sched_numbers[s]["val_by_base"] = {f"{lr:g}": _val(r) for lr, r in runs.items()}
-    results = {"tiny": args.tiny, "seeds": list(seeds), "thresholds": list(thresholds),
+    results = {"tiny": args.tiny, "seeds": list(seeds),
+               "search_seeds": list(size["search_seeds"]), "thresholds": list(thresholds),
                "lr_star": best, "schedule_optimizer": SCHEDULE_OPT,
                "grid": {opt: {f"{lr:g}": _val(r) for lr, r in runs.items()}
                         for opt, (_, runs) in tuned.items()},
                "optimizers": opt_numbers, "schedules": sched_numbers,
-               "training_runs": record_runs(args, study.runs.values())}
-    curves = {"optimizers": {f"{opt} ({best[opt]:g})": tuned[opt][1][best[opt]]
+               "training_runs": record_runs(args, [r for runs in study.runs.values()
+                                                   for r in runs])}
+    # the curves: the first seed of each chosen setting's search program
+    curves = {"optimizers": {f"{opt} ({best[opt]:g})": tuned[opt][1][best[opt]][0]
                              for opt in optimizers},
-              "schedules": {f"{s} ({chosen[s]:g})": sched_runs[s][chosen[s]]
+              "schedules": {f"{s} ({chosen[s]:g})": sched_runs[s][chosen[s]][0]
                             for s in sched_runs}}
     return results, curves
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
 
 
 def write_report(report: Report, results: dict[str, Any], curves: dict | None) -> None:
     """The report from `results` alone; the training curves drawn from `curves` (None:
     --report-only, the committed figures are embedded)."""
-    tiny = results.get("tiny", False)
-    # results from before these were stored are the full-size run's
-    seeds = results.get("seeds", list(SEEDS))
-    thresholds = results.get("thresholds", list(FULL["thresholds"]))
+    tiny, seeds, search = results["tiny"], results["seeds"], results["search_seeds"]
+    n, n_search = len(seeds), len(search)
+    thresholds = results["thresholds"]
     best, grid = results["lr_star"], results["grid"]
     opt_numbers, sched_numbers = results["optimizers"], results["schedules"]
     bases = list(next(iter(sched_numbers.values()))["val_by_base"])
@@ -228,8 +246,8 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
                                                if tiny else
                                                "128, 4,000 steps, evaluation every 200 steps"),
         "config": CONFIG,
-        "seeds": f"{len(seeds)} per chosen setting ({', '.join(map(str, seeds))}); the lr "
-                 "grids: seed 0",
+        "seeds": f"{n} per chosen setting ({_seeds_text(seeds)}, one num_seeds program each); "
+                 f"the lr grids and base lrs: {_seeds_text(search)}",
     })
     if results.get("training_runs"):
         report.facts["training runs"] = results["training_runs"]
@@ -245,22 +263,28 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
         "Hyper-parameters besides the lr: momentum 0.9 (heavy ball and Nesterov), AdaGrad with "
         "accumulator 0.1 and ε 1e-7, RMSProp decay 0.9, Adam(W) β = (0.9, 0.999), ε 1e-8; AdamW's "
         "decoupled decay λ = 0.1 (w ← w − lr·(Adam direction + λ·w), on every parameter). "
-        "The learning rates are chosen on seed 0; the chosen settings are then rerun with "
-        f"seeds {', '.join(map(str, seeds))} (initial weights and batch order)."
+        f"The learning rates are chosen on validation, {_seeds_text(search)}; every chosen "
+        f"setting is then trained with {_seeds_text(seeds)} (initial weights and batch order) "
+        "as one program, and every table and verdict below rests on those "
+        f"n = {n} seeds, the claims on the test set.\n\n"
+        f"**Tests**: a verdict that compares two methods counts a difference where the means "
+        f"differ in its direction and Welch's two-sided p < {ALPHA} (steps to a threshold: a "
+        "seed that never reaches it counts as one evaluation past the end, a conservative "
+        "bound; two sets without spread differ exactly when their means do)."
     )
-    if "converted" in results:
-        report.text(f"({results['converted']}.)")
 
     report.heading("Result")
     claims = verdicts(results)
     report.text(verdict_table(claims))
 
-    report.heading("Learning-rate grid: final validation accuracy")
+    report.heading(f"Learning-rate grid: final validation accuracy ({_seeds_text(search)}, "
+                   f"n={n_search})")
     used = sorted({float(lr) for accs in grid.values() for lr in accs})
     rows = [[opt, f"{best[opt]:g}", *(accs.get(f"{lr:g}", "·") for lr in used)]
             for opt, accs in grid.items()]
     report.table(["optimizer", "lr*", *(f"{lr:g}" for lr in used)], rows, spec=".4f")
-    report.text("· not run; — diverged (non-finite loss).")
+    report.text("· not run; — diverged (non-finite loss)." + (
+        "" if n_search == 1 else f" Means over the {n_search} seeds."))
     fig, axes = new_figure(1)
     plot_curves(axes[0], {opt: ([float(lr) for lr in accs], [a or 0.0 for a in accs.values()])
                           for opt, accs in grid.items()},
@@ -269,19 +293,19 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
     axes[0].set_xscale("log")
     report.figure(fig, "lr_grid.png", "Final validation accuracy at every learning rate tried")
 
-    report.heading("Optimizers, each at its own lr*")
-    header = ["optimizer", "lr*", f"final test acc (95% CI, n={len(seeds)})", "best test acc",
+    report.heading(f"Optimizers, each at its own lr* (n={n})")
+    header = ["optimizer", "lr*", "final val acc", "final test acc", "best test acc",
               "final train loss", "late std of test acc",
-              *(f"steps to {t:.0%}: median [95% CI]" for t in thresholds), "wall s"]
-    report.table(header, [_row(opt, k, thresholds) for opt, k in opt_numbers.items()],
-                 spec=".4f")
-    report.text(f"Over seed(s) {', '.join(map(str, seeds))}: final test accuracy mean ± 95% CI "
-                "(Student t), the means of the best test accuracy and the final train loss "
-                "(mean over the last 100 steps); \"late std\": the standard deviation of the "
-                "test accuracy over the evaluations of the last quarter of the steps, mean over "
-                f"seeds; \"steps to\": the first evaluation (every {20 if tiny else 200} "
-                "steps) with that test accuracy, median over seeds with its bootstrap CI. wall "
-                "s of seed 0; the curves are seed 0's.")
+              *(f"steps to {t:.0%}: median [95% CI]" for t in thresholds),
+              f"wall s ({n} seeds)"]
+    report.table(header, [_row(opt, k, thresholds) for opt, k in opt_numbers.items()])
+    report.text(f"Over the n = {n} seeds of each program: mean ± 95% CI (Student t) of the "
+                "final validation and test accuracy, the best test accuracy, the final train "
+                "loss (mean over the last 100 steps) and the \"late std\" (the standard "
+                "deviation of the test accuracy over the evaluations of the last quarter of the "
+                f"steps); \"steps to\": the first evaluation (every {20 if tiny else 200} steps) "
+                "with that test accuracy, median over the seeds with its bootstrap CI. wall s: "
+                f"the whole program's; the curves are {_seeds_text(search[:1])}'s.")
     ylim = None if tiny else (0.75, 0.92)
     caption = "Training loss and test accuracy vs step, each optimizer at its best lr"
     if curves is None:
@@ -291,17 +315,26 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
                       "optimizers.png", caption)
 
     schedule_opt = results["schedule_optimizer"]
-    report.heading(f"Schedules ({schedule_opt}, base lr {' or '.join(bases)})")
-    rows = [[s, *(k["val_by_base"][lr] for lr in bases), *_row("", k, thresholds)[1:]]
-            for s, k in sched_numbers.items()]
-    report.table(["schedule", *(f"val acc @ {lr}" for lr in bases), "chosen base lr",
-                  *header[2:]], rows, spec=".4f")
+    report.heading(f"Schedules ({schedule_opt}, base lr {' or '.join(bases)}; n={n})")
+    rows = [[s, *(fmt(k["val_by_base"][lr], ".4f") for lr in bases),
+             *_row("", k, thresholds)[1:]] for s, k in sched_numbers.items()]
+    report.table(["schedule", *(f"val acc @ {lr} ({_seeds_text(search)})" for lr in bases),
+                  "chosen base lr", *header[2:]], rows)
     report.text(
         "Every decay ends at base lr/100 (cosine at 0): step ×0.1 at 1/2 and 3/4 of the steps, "
         "exponential base·0.01^(t/T), 1/t base/(1 + 99t/T); cosine after a linear warm-up over "
         "the first 5% of the steps. Each schedule keeps the base lr with the better final "
-        "validation accuracy."
+        f"validation accuracy on {_seeds_text(search)}; the other columns are over the n = {n} "
+        "seeds of its program, as above. Welch tests against the constant lr:"
     )
+    const = sched_numbers["constant"]
+    report.table(
+        ["schedule", "Δ final test acc vs constant", "p", "Δ late std vs constant", "p"],
+        [[s, f"{_mean(k['final_test_accuracy']) - _mean(const['final_test_accuracy']):+.4f}",
+          fmt(_welch_p(k["final_test_accuracy"], const["final_test_accuracy"]), ".2g"),
+          f"{_mean(k['late_std']) - _mean(const['late_std']):+.4f}",
+          fmt(_welch_p(k["late_std"], const["late_std"]), ".2g")]
+         for s, k in sched_numbers.items() if s != "constant"])
     caption = ("Learning rate, training loss and test accuracy vs step for each schedule at its "
                "chosen base lr")
     if curves is None:
@@ -321,12 +354,85 @@ def _mean(values: Sequence[float | None]) -> float:
     return summarize(values).mean
 
 
+def _welch_p(a: Sequence[float | None], b: Sequence[float | None]) -> float:
+    """Welch's two-sided p of mean(a) = mean(b) over the finite values; two sets without
+    spread (steps on the evaluation grid) differ exactly when their means do (p 0 or 1)."""
+    a, b = _kept(a), _kept(b)
+    if np.var(a) == 0 and np.var(b) == 0:
+        return 0.0 if np.mean(a) != np.mean(b) else 1.0
+    return welch_test(a, b).p
+
+
+def _lower(a: Sequence[float | None], b: Sequence[float | None]) -> tuple[bool, float]:
+    """(mean(a) < mean(b) with Welch p < `ALPHA`, p)."""
+    p = _welch_p(a, b)
+    return _mean(a) < _mean(b) and p < ALPHA, p
+
+
 def _share(won: Sequence[str], of: int) -> str:
     return "reproduced" if len(won) == of else "partly reproduced" if won else "not reproduced"
 
 
+def _steps(k: dict[str, Any], threshold: float) -> list[float]:
+    """Per-seed steps to `threshold`, a seed that never reaches it at one evaluation past the
+    end (a lower bound: conservative in a comparison with one that does)."""
+    never = k["total_steps"] + k["eval_every"]
+    return [never if s is None else float(s) for s in k["steps_to"][str(threshold)]]
+
+
+def _p_list(tests: dict[str, tuple[bool, float]]) -> str:
+    return ", ".join(f"{name} {p:.2g}" for name, (_, p) in tests.items())
+
+
 def verdicts(results: dict[str, Any]) -> list[Verdict]:
-    """The claims of E8 and what the numbers in results.json say about them."""
+    """The claims of E8 and what the numbers in results.json say about them (n: the seeds of
+    the programs compared; a difference counts at Welch p < `ALPHA`)."""
+    if "search_seeds" not in results:
+        return _verdicts_before_num_seeds(results)
+    opts, scheds = results["optimizers"], results["schedules"]
+    n = min(k["seeds"] for k in [*opts.values(), *scheds.values()])
+    out = []
+    t = results["thresholds"][0]
+    if "sgd" in opts:
+        sgd = _steps(opts["sgd"], t)
+        tests = {o: _lower(_steps(opts[o], t), sgd) for o in opts if o != "sgd"}
+        faster = [o for o, (yes, _) in tests.items() if yes]
+        out.append(Verdict(
+            f"momentum and adaptive methods reach {t:.0%} test accuracy in fewer steps than SGD",
+            "median steps: " + ", ".join(
+                f"{o} {opts[o]['median_steps_to'][str(t)]['median']:.0f}" for o in opts)
+            + f" (Welch p vs SGD: {_p_list(tests)}); fewer than SGD at p < {ALPHA}: "
+            + (", ".join(faster) or "none"), _share(faster, len(tests)), n))
+    const = scheds["constant"]
+    decays = [s for s in scheds if s != "constant"]
+    tests = {s: _lower(const["final_test_accuracy"], scheds[s]["final_test_accuracy"])
+             for s in decays}
+    better = [s for s, (yes, _) in tests.items() if yes]
+    accs = ", ".join(f"{s} {fmt_mean_ci(k['final_test_accuracy'], '.4f', show_n=False)}"
+                     for s, k in scheds.items())
+    out.append(Verdict(
+        "a decaying lr ends with a higher test accuracy than a constant one",
+        f"final test acc {accs} (Welch p vs constant: {_p_list(tests)}); above constant at "
+        f"p < {ALPHA}: {', '.join(better) or 'none'}", _share(better, len(decays)), n))
+    tests = {s: _lower(scheds[s]["late_std"], const["late_std"]) for s in decays}
+    steadier = [s for s, (yes, _) in tests.items() if yes]
+    out.append(Verdict(
+        "a decaying lr stops the late fluctuation of the test accuracy",
+        "late std " + ", ".join(f"{s} {fmt_mean_ci(k['late_std'], '.4f', show_n=False)}"
+                                for s, k in scheds.items())
+        + f" (Welch p vs constant: {_p_list(tests)}); below constant at p < {ALPHA}: "
+        + (", ".join(steadier) or "none"), _share(steadier, len(decays)), n))
+    return out
+
+
+def _seed_mean(k: dict[str, Any], key: str) -> float:
+    # the 3-seed results hold some statistics as the mean over the seeds alone
+    value = k[key]
+    return _mean(value) if isinstance(value, list) else value
+
+
+def _verdicts_before_num_seeds(results: dict[str, Any]) -> list[Verdict]:
+    """`verdicts` of the 3-seed results.json committed before the 5-seed rerun."""
     opts, scheds = results["optimizers"], results["schedules"]
     thresholds = results.get("thresholds", list(FULL["thresholds"]))
     n = min(k["seeds"] for k in [*opts.values(), *scheds.values()])
