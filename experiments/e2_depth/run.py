@@ -1,14 +1,49 @@
-"""E2: depth and initialization — a 30-layer plain ReLU MLP on MNIST (SPEC §3 E2).
+"""E2: depth and initialization — plain deep ReLU MLPs on MNIST, Kaiming vs LeCun init, ± BN,
+over depth, lr and seeds (SPEC §3 E2; issue 18).
 
 He et al. (2015, Fig. 3): a 30-layer plain ReLU net trains with their (Kaiming) init and stalls
-with Xavier's. Here (configs/e2_depth.py): 30 × (Dense(128) → ReLU), SGD with momentum 0.9 at
-lr 0.01, batch 128, 3,000 steps, with kaiming_normal (std sqrt(2/fan_in)) or lecun_normal (std
+with Xavier's. Here (configs/e2_depth.py): depth × (Dense(128) → [BN] → ReLU) → Dense(10), SGD
+with momentum 0.9, batch 128, kaiming_normal (std sqrt(2/fan_in)) or lecun_normal (std
 1/sqrt(fan_in), the lecture's "Xavier"; Glorot's xavier_normal is the same for these square
-layers), without and with BatchNorm. Also: the per-layer pre-activation std at init, and how
-long the LeCun net stays on the chance plateau as the depth grows.
+layers).
 
-    python experiments/e2_depth/run.py              # 9 runs, ~30-40 min on a loaded 2-core CPU
-    python experiments/e2_depth/run.py --tiny --out /tmp/e2    # digits, 30 × 32, plain pair
+The grid: 2 inits × depth {20, 30, 32, 40} × lr {3e-3, 1e-2} × {plain, BN} = 32 settings, each
+one `train_seeds` program of seeds 0-4, 800 steps, test accuracy at steps 400 and 800. Per
+setting: the fraction of seeds that leave the chance plateau (train loss, mean over 100 steps,
+< 2.0 at some logged step ≤ 800; ln 10 ≈ 2.30) with its 95% Wilson interval, the median (IQR)
+test accuracy at step 800 and the median (IQR) plateau-exit step of the seeds that leave.
+The E2 / E5 check, like for like: E2 (depth 30) and E5 (depth 32, `git show
+442d6c2:experiments/e5_activations/run.py`: configs/e2_depth.py:act=relu,init=kaiming_normal,
+norm=none,depth=32) ran the same recipe, Kaiming, plain, lr 0.01, 3,000 steps, seed 0, and got
+96.0% vs 65.4% test accuracy. Those two grid settings run to 3,000 steps (the grid reads them at
+step 800: the same trajectories). And at init (no BN): the per-layer pre-activation std on 256
+training images, averaged over seeds 0-4's weights. The old one-seed LeCun depth sweep (10-60,
+1,500 steps) is gone: the grid's depths 20-40 at two lrs, 5 seeds each, cover its claim.
+
+Budget (measured: a 10-seed depth-30 plain program of 500 steps took 68 CPU-s on the loaded
+2-core machine, ≈ 10.6 CPU-ms per seed-step; a program's compile and data ≈ 10 CPU-s): 32 × 5 ×
+800 = 128,000 seed-steps, + 2 × 5 × 2,200 = 22,000 for the 3,000-step pair, ≈ 150,000 × ~11 ms
+(BN dearer, mean depth 30.5) ≈ 1,650 CPU-s + 32 × 10 s ≈ 33 CPU-minutes, ≈ 20 machine-minutes
+with XLA on both cores. 10 seeds for the 16 plain settings (+80 × 800 steps ≈ 15 CPU-minutes)
+did not fit; neither did 3,000 steps everywhere. Plateau exits of the old runs came at steps
+100-600 (lr 0.01), so 800 steps decide most exits; a later exit counts as "stalled within 800
+steps" and the report says so.
+
+Verdict rules (fixed before the run):
+- init std: mean factor per layer (geometric mean of std(l+1)/std(l), over 5 seeds' weights)
+  within 0.1 of 1 (Kaiming) and within 0.06 of 1/√2 (LeCun): reproduced; else not. n = seeds.
+- "plain net: Kaiming trains, LeCun stalls": per (depth, lr), Kaiming's fraction off the plateau
+  "exceeds" LeCun's when Kaiming's Wilson lower bound is above LeCun's upper bound. Over the
+  depths the paper's claim is about (≥ 30: 30, 32, 40) at both lrs (6 cells): all 6 reproduced,
+  ≥ 1 partly reproduced, none not reproduced. n = seeds per cell.
+- "with BN both inits train": every BN seed (16 settings) off the plateau: reproduced; ≥ 90% of
+  them: partly; else not.
+- "E2 vs E5: depth 32 trains worse than depth 30" (3,000 steps, the recipe of both): reproduced
+  (a depth effect) if the two sets of 5 seed accuracies do not overlap and Welch's p < 0.05;
+  not reproduced if they overlap (96% vs 65% is within seed-to-seed spread); else partly.
+
+    python experiments/e2_depth/run.py              # 32 programs, ~35 CPU-minutes
+    python experiments/e2_depth/run.py --tiny --out /tmp/e2    # digits, 30 × 32, seconds
 """
 
 from __future__ import annotations
@@ -23,7 +58,6 @@ from normlab.reports import (
     Report,
     RunResult,
     Verdict,
-    final_metric,
     fmt,
     new_figure,
     plot_curves,
@@ -35,34 +69,54 @@ from normlab.reports.experiment import (
     parse_experiment_args,
     record_runs,
     report_results,
-    train_config,
+    train_seeds,
 )
 from normlab.reports.probes import preacts_at_init
+from normlab.sample_stats import welch_test, wilson_interval
 
 CONFIG = "configs/e2_depth.py"
-INITS = {"Kaiming": "kaiming_normal", "LeCun (\"Xavier\")": "lecun_normal"}
+INITS = {"Kaiming": "kaiming_normal", "LeCun": "lecun_normal"}
 NORMS = {"plain": "none", "BN": "batch"}
-SWEEP_DEPTHS = (10, 20, 40, 60)
-SWEEP_STEPS = 1500
 PLATEAU = 2.0  # train loss below this = off the chance plateau (ln 10 ≈ 2.303)
-# digits, 30 × 32: the same depth (the claim is about depth), seconds of compute
-TINY = ",dataset=digits,depth=30,width=32,steps=300,batch=64"
+FULL = {"depths": (20, 30, 32, 40), "lrs": (3e-3, 1e-2), "seeds": (0, 1, 2, 3, 4),
+        "steps": 800, "eval_every": 400, "claim_depths": (30, 32, 40),
+        "pair": (30, 32), "pair_steps": 3000, "extra": ""}
+# digits, 30 × 32: the claim's depth, seconds of compute; the pair's second net 2 deeper
+# 4 seeds: the fewest whose Wilson intervals can separate (4/4: 0.51–1; 0/4: 0–0.49)
+TINY = {"depths": (30,), "lrs": (1e-2,), "seeds": (0, 1, 2, 3), "steps": 300, "eval_every": 300,
+        "claim_depths": (30,), "pair": (30, 32), "pair_steps": 300,
+        "extra": ",dataset=digits,width=32,batch=64"}
+PAIR_LR = 1e-2  # E2's and E5's lr
 
 
-def plateau_exit(run: RunResult) -> int | None:
-    """First logged step whose mean train loss is below `PLATEAU` (None: never)."""
-    return steps_to_reach(*run.series("train_loss"), PLATEAU, below=True)
+def key(init: str, norm: str, depth: int, lr: float) -> str:
+    return f"{init}, {norm}, depth {depth}, lr {lr:g}"
 
 
-def _at(run: RunResult, key: str, step: int) -> float | None:
-    steps, values = run.series(key)
-    return float(values[steps == step][0]) if np.any(steps == step) else None
+def plateau_exit(run: RunResult, until: int) -> int | None:
+    """First logged step ≤ `until` whose mean train loss is below `PLATEAU` (None: never)."""
+    steps, loss = run.series("train_loss")
+    return steps_to_reach(steps[steps <= until], loss[steps <= until], PLATEAU, below=True)
 
 
-def preact_std_at_init(spec: str, n: int = 256) -> list[float]:
-    """Per-layer std of the pre-activations at init on n standardized training images."""
-    return [float(np.std(y)) for y in preacts_at_init(load_config(f"{CONFIG}:{spec}"), n,
-                                                       train=True)]
+def _at(run: RunResult, metric: str, step: int) -> float | None:
+    steps, values = run.series(metric)
+    hit = values[steps == step]
+    return float(hit[0]) if len(hit) and np.isfinite(hit[0]) else None
+
+
+def quartiles(values: Sequence[float | None]) -> list[float] | None:
+    """[25th, 50th, 75th] percentiles (linear interpolation) of the values that are not None."""
+    kept = [v for v in values if v is not None]
+    return [float(q) for q in np.percentile(kept, [25, 50, 75])] if kept else None
+
+
+def preact_std_at_init(spec: str, seeds: Sequence[int], n: int = 256) -> list[float]:
+    """Per-layer std of the pre-activations at init on n standardized training images, the
+    mean over the weights of `seeds`."""
+    per_seed = [[float(np.std(y)) for y in preacts_at_init(load_config(f"{spec},seed={s}"), n,
+                                                           train=True)] for s in seeds]
+    return [float(v) for v in np.mean(per_seed, axis=0)]
 
 
 def per_layer_factor(std: Sequence[float]) -> float:
@@ -74,76 +128,93 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs E2 (or, with --report-only, reads its results.json) and writes the report; returns
     the results."""
     args = parse_experiment_args(__doc__, __file__, argv)
-    report = Report("E2: depth — Kaiming vs LeCun/Xavier init in a 30-layer ReLU net", args.out,
-                    command=args.command)
-    results, runs = (load_results(args.out), None) if args.report_only else collect(args)
-    write_report(report, args, results, runs)
+    report = Report("E2: depth — Kaiming vs LeCun init in deep plain and BN ReLU nets",
+                    args.out, command=args.command)
+    results, curves = (load_results(args.out), None) if args.report_only else collect(args)
+    write_report(report, results, curves)
     return results
 
 
-def collect(args) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Trains E2's runs; (the numbers the report shows, the runs behind its figures)."""
-    tiny = TINY if args.tiny else ""
-    norms = {"plain": "none"} if args.tiny else NORMS  # tiny: the plain pair, the claim
-    # tiny: no mid-run diagnostics (the report uses none; their compile is the cost)
-    extra = {"diag_every_steps": 0} if args.tiny else {}
-    main_runs = {
-        f"{init_label}, {norm_label}": train_config(
-            args, f"{norm}_{init}", f"{CONFIG}:init={init},norm={norm}{tiny}", **extra)
-        for norm_label, norm in norms.items() for init_label, init in INITS.items()
-    }
-    depth_runs: dict[str, RunResult] = {}
-    if not args.tiny:
-        for depth in SWEEP_DEPTHS:
-            depth_runs[f"LeCun_{depth}"] = train_config(
-                args, f"sweep_lecun_d{depth}",
-                f"{CONFIG}:init=lecun_normal,depth={depth},steps={SWEEP_STEPS}")
-        depth_runs[f"Kaiming_{SWEEP_DEPTHS[-1]}"] = train_config(
-            args, f"sweep_kaiming_d{SWEEP_DEPTHS[-1]}",
-            f"{CONFIG}:init=kaiming_normal,depth={SWEEP_DEPTHS[-1]},steps={SWEEP_STEPS}")
+def summarize_setting(runs: Sequence[RunResult], steps: int) -> dict[str, Any]:
+    """One setting's seeds at step `steps`: exits, fraction off the plateau with its Wilson
+    interval, accuracies and their quartiles."""
+    exits = [plateau_exit(r, steps) for r in runs]
+    accs = [_at(r, "eval_accuracy", steps) for r in runs]
+    k = sum(e is not None for e in exits)
+    return {"n": len(runs), "left": k, "fraction": k / len(runs),
+            "wilson": list(wilson_interval(k, len(runs))),
+            "exits": exits, "exit_quartiles": quartiles(exits),
+            "test_accuracy": accs, "accuracy_quartiles": quartiles(accs),
+            "diverged": sum(r.diverged is not None for r in runs)}
+
+
+def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains E2's programs; (the numbers the report shows, the curves behind its figures)."""
+    g = TINY if args.tiny else FULL
+    seeds, steps = g["seeds"], g["steps"]
+    common = {"diag_every_steps": 0, "eval_every_steps": g["eval_every"]}
+    pair_keys = {key("Kaiming", "plain", d, PAIR_LR): d for d in g["pair"]}
+
+    def spec(init: str, norm: str, depth: int, lr: float, n_steps: int) -> str:
+        return (f"{CONFIG}:init={INITS[init]},norm={NORMS[norm]},depth={depth},lr={lr},"
+                f"steps={n_steps}{g['extra']}")
+
+    programs: dict[str, list[RunResult]] = {}
+    in_grid: list[str] = []
+    # plain first (the claim), then BN; the pair's two settings run to pair_steps
+    for norm in NORMS:
+        for lr in g["lrs"]:
+            for depth in g["depths"]:
+                for init in INITS:
+                    k = key(init, norm, depth, lr)
+                    in_grid.append(k)
+                    n_steps = g["pair_steps"] if k in pair_keys else steps
+                    programs[k] = train_seeds(
+                        args, f"{norm}_{INITS[init]}_d{depth}_lr{lr:g}",
+                        spec(init, norm, depth, lr, n_steps), seeds, **common)
+    for k, depth in pair_keys.items():  # tiny: the pair's deeper net is not in the grid
+        if k not in programs:
+            programs[k] = train_seeds(args, f"pair_d{depth}",
+                                      spec("Kaiming", "plain", depth, PAIR_LR, g["pair_steps"]),
+                                      seeds, **common)
+    grid = {k: summarize_setting(programs[k], steps) for k in in_grid}
+    for k, s in grid.items():
+        init, norm, depth, lr = k.split(", ")
+        s.update(init=init, norm=norm, depth=int(depth.split()[1]), lr=float(lr.split()[1]))
+    pair = {str(d): {**summarize_setting(programs[k], g["pair_steps"]),
+                     "seed0_accuracy_at_grid_steps": _at(programs[k][0], "eval_accuracy", steps)}
+            for k, d in pair_keys.items()}
     results: dict[str, Any] = {
-        "init_preact_std": {label: preact_std_at_init(f"init={init},norm=none{tiny}")
-                            for label, init in INITS.items()},
-        "runs": {},
-        "training_runs": record_runs(args, [*main_runs.values(), *depth_runs.values()]),
+        "setup": {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()},
+        "init_preact_std": {label: preact_std_at_init(
+            f"{CONFIG}:init={init},norm=none,depth={g['depths'][0] if args.tiny else 30}"
+            f"{g['extra']}", seeds) for label, init in INITS.items()},
+        "grid": grid, "pair": pair,
+        "training_runs": record_runs(args, [r for runs in programs.values() for r in runs]),
     }
-    for label, run in main_runs.items():
-        loss = run.series("train_loss")[1]
-        results["runs"][label] = {
-            "loss@100": float(loss[0]) if len(loss) else None,
-            "loss@end": final_metric(run, "train_loss"),
-            "plateau_exit": plateau_exit(run),
-            "test_accuracy": final_metric(run, "eval_accuracy"),
-            "diverged": run.diverged,
-        }
-    if depth_runs:
-        # the 30-layer LeCun run of the main comparison, read at the sweep's length
-        depth_runs = {**dict(list(depth_runs.items())[:2]),
-                      "LeCun_30": main_runs["LeCun (\"Xavier\"), plain"],
-                      **dict(list(depth_runs.items())[2:])}
-        results["depth_sweep"] = {
-            key: {"plateau_exit": plateau_exit(r),
-                  f"train_loss@{SWEEP_STEPS}": _at(r, "train_loss", SWEEP_STEPS),
-                  f"test_accuracy@{SWEEP_STEPS}": _at(r, "eval_accuracy", SWEEP_STEPS)}
-            for key, r in depth_runs.items()}
-    curves = {"main": {k: {"train_loss": r.series("train_loss"),
-                           "eval_accuracy": r.series("eval_accuracy")}
-                       for k, r in main_runs.items()},
-              "depth": {k: r.series("train_loss") for k, r in depth_runs.items()
-                        if k != "LeCun_30"}}
+    curves = {"pair": {d: [r.series("train_loss") for r in programs[k]]
+                       for k, d in pair_keys.items()}}
     return results, curves
 
 
-def write_report(report: Report, args, results: dict[str, Any], curves: dict | None) -> None:
-    """The report from `results` alone; figures drawn from `curves` (None: --report-only, the
-    committed figures are embedded)."""
-    init_std = results["init_preact_std"]
-    config = load_config(f"{CONFIG}:{TINY.lstrip(',') if args.tiny else ''}")
+def _iqr(q: list[float] | None, spec: str) -> str:
+    return "—" if q is None else f"{q[1]:{spec}} ({q[0]:{spec}}–{q[2]:{spec}})"
+
+
+def write_report(report: Report, results: dict[str, Any], curves: dict | None) -> None:
+    """The report from `results` alone; the pair's loss curves drawn from `curves` (None:
+    --report-only, the committed figure is embedded)."""
+    setup, grid, init_std = results["setup"], results["grid"], results["init_preact_std"]
+    n, steps = len(setup["seeds"]), setup["steps"]
+    config = load_config(f"{CONFIG}:{setup['extra'].lstrip(',')}")
     report.facts.update({
-        "net": f"{config.model.depth} × (Dense({config.model.width}) → [BN] → ReLU) → "
-               f"Dense(10), zero biases",
+        "net": f"depth × (Dense({config.model.width}) → [BN] → ReLU) → Dense(10), zero biases",
         "training": f"{config.dataset}, standardized inputs, batch {config.batch_size}, SGD "
-                    f"momentum 0.9, lr {config.lr:g}, {config.total_steps} steps, seed 0",
+                    f"momentum 0.9, constant lr, {steps} steps (the E2/E5 pair "
+                    f"{setup['pair_steps']}), seeds {setup['seeds'][0]}–{setup['seeds'][-1]}",
+        "grid": f"init {{Kaiming, LeCun}} × depth {{{', '.join(map(str, setup['depths']))}}} × "
+                f"lr {{{', '.join(f'{x:g}' for x in setup['lrs'])}}} × {{plain, BN}}, "
+                f"{n} seeds each",
         "config": CONFIG,
     })
     if "training_runs" in results:
@@ -151,12 +222,13 @@ def write_report(report: Report, args, results: dict[str, Any], curves: dict | N
     report.text(
         "**Claim** (SPEC §3 E2, He et al. 2015): in a 30-layer plain ReLU net, Kaiming init "
         "(Var(W) = 2/fan_in) keeps the signal's scale through depth and the net trains; "
-        "Xavier/LeCun init (Var(W) = 1/fan_in) halves the second moment at every layer "
+        "LeCun/\"Xavier\" init (Var(W) = 1/fan_in) halves the second moment at every layer "
         "(2^-30 over 30 layers), the gradients are as small, and training stalls. With BN "
-        "after every Dense, the init scale no longer matters and both train."
-    )
+        "after every Dense, the init scale no longer matters and both train. The verdict "
+        "rules were fixed before the run (experiments/e2_depth/run.py's docstring).")
+
     report.heading("At init: pre-activation std by layer")
-    caption = "Pre-activation std by layer at init, no BN (256 training images)"
+    caption = f"Pre-activation std by layer at init, no BN (256 training images, mean of {n} seeds)"
     if curves is None:
         report.existing_figure("preact_std_at_init.png", caption)
     else:
@@ -170,98 +242,156 @@ def write_report(report: Report, args, results: dict[str, Any], curves: dict | N
                  spec=".3g")
     report.text("Predicted factor per layer: 1 for Kaiming, 1/√2 ≈ 0.707 for LeCun.")
 
-    report.heading("Training")
-    report.table(["run", "train loss, steps 1–100", f"first step with loss < {PLATEAU}",
-                  "final train loss", "final test accuracy"],
-                 [[label, r["loss@100"], r["plateau_exit"], r["loss@end"], r["test_accuracy"]]
-                  for label, r in results["runs"].items()], spec=".4f")
-    caption = "Train loss (log scale) and test accuracy"
+    report.heading("The grid: who leaves the chance plateau")
+    rows = [[s["init"], s["norm"], s["depth"], f"{s['lr']:g}", f"{s['left']}/{s['n']}",
+             f"{s['wilson'][0]:.2f}–{s['wilson'][1]:.2f}", _iqr(s["accuracy_quartiles"], ".3f"),
+             _iqr(s["exit_quartiles"], ".0f"), s["diverged"]]
+            for s in sorted(grid.values(), key=lambda s: (s["norm"] != "plain", s["lr"],
+                                                          s["depth"], s["init"]))]
+    report.table(["init", "norm", "depth", "lr", f"off the plateau by step {steps}",
+                  "95% Wilson interval", f"test accuracy at step {steps}, median (IQR)",
+                  "exit step, median (IQR), seeds that leave", "diverged"], rows)
+    report.text(f"Off the plateau: train loss (mean over 100 steps) below {PLATEAU} at some "
+                f"logged step ≤ {steps}; the exit step is the first such step (a resolution "
+                f"of 100 steps). IQR: 25th–75th percentile over the {n} seeds.")
+    caption = (f"Fraction of {n} seeds off the plateau by step {steps} (Wilson 95% bars) and "
+               "median test accuracy (dots: each seed), by depth")
     if curves is None:
-        report.existing_figure("training.png", caption)
+        report.existing_figure("grid.png", caption)
     else:
-        fig, axes = new_figure(2)
-        plot_curves(axes[0], {k: c["train_loss"] for k, c in curves["main"].items()},
-                    xlabel="step", ylabel="train loss (mean over 100 steps)", logy=True)
-        plot_curves(axes[1], {k: c["eval_accuracy"] for k, c in curves["main"].items()},
-                    xlabel="step", ylabel="test accuracy", ylim=(0.0, 1.0))
-        report.figure(fig, "training.png", caption)
+        report.figure(_grid_figure(setup, grid), "grid.png", caption)
 
-    if "depth_sweep" in results:
-        report.heading("How long the plain net stalls, by depth")
-        rows = [[*key.split("_"), r["plateau_exit"], r[f"train_loss@{SWEEP_STEPS}"],
-                 r[f"test_accuracy@{SWEEP_STEPS}"]] for key, r in results["depth_sweep"].items()]
-        report.table(["init", "depth", f"first step with loss < {PLATEAU}",
-                      f"train loss at {SWEEP_STEPS}", f"test accuracy at {SWEEP_STEPS}"],
-                     rows, spec=".4f")
-        if "depth_sweep_note" in results:
-            report.text(f"({results['depth_sweep_note']}.)")
-        caption = ("Plain nets of other depths (same width, lr); curves stuck at the chance "
-                   "loss ln 10 overlap")
-        if curves is None:
-            report.existing_figure("depth_sweep.png", caption)
-        else:
-            fig, axes = new_figure(1)
-            plot_curves(axes[0], {k.replace("_", ", depth "): c
-                                  for k, c in curves["depth"].items()},
-                        xlabel="step", ylabel="train loss", logy=True)
-            report.figure(fig, "depth_sweep.png", caption)
+    report.heading(f"E2 vs E5: depth {setup['pair'][0]} vs {setup['pair'][1]}, same recipe")
+    pair = results["pair"]
+    report.table(
+        ["depth", f"test accuracy per seed at step {setup['pair_steps']}", "median (IQR)",
+         f"off the plateau by step {setup['pair_steps']}", f"seed 0 at step {steps}"],
+        [[d, ", ".join(fmt(a, ".3f") for a in p["test_accuracy"]),
+          _iqr(p["accuracy_quartiles"], ".3f"), f"{p['left']}/{p['n']}",
+          fmt(p["seed0_accuracy_at_grid_steps"], ".3f")] for d, p in pair.items()])
+    caption = f"Train loss of each seed, Kaiming, plain, lr {PAIR_LR:g}"
+    if curves is None:
+        report.existing_figure("e2_vs_e5.png", caption)
+    else:
+        fig, axes = new_figure(len(curves["pair"]))
+        for ax, (d, runs) in zip(axes, curves["pair"].items(), strict=True):
+            plot_curves(ax, {f"seed {s}": c for s, c in zip(setup["seeds"], runs, strict=True)},
+                        xlabel="step", ylabel="train loss", title=f"depth {d}", logy=True)
+        report.figure(fig, "e2_vs_e5.png", caption)
+    report.text(_pair_text(results))
     report.heading("Result")
-    report.text(_verdict(results))
     claims = verdicts(results)
     report.text(verdict_table(claims))
     report_results(report, results, claims)
 
 
+def _grid_figure(setup: dict[str, Any], grid: dict[str, Any]):
+    lrs = setup["lrs"]
+    fig, axes = new_figure(len(lrs), 2)
+    for col, lr in enumerate(lrs):
+        for i, init in enumerate(INITS):
+            for norm, line in (("plain", "-"), ("BN", "--")):
+                cells = [grid[key(init, norm, d, lr)] for d in setup["depths"]]
+                style = {"color": f"C{i}", "linestyle": line, "marker": "o"}
+                label = f"{init}, {norm}"
+                frac = np.array([c["fraction"] for c in cells])
+                low, high = (np.array([c["wilson"][j] for c in cells]) for j in (0, 1))
+                axes[col].errorbar(setup["depths"], frac, [frac - low, high - frac],
+                                   label=label, capsize=3, **style)
+                med = [c["accuracy_quartiles"][1] if c["accuracy_quartiles"] else np.nan
+                       for c in cells]
+                axes[len(lrs) + col].plot(setup["depths"], med, label=label, **style)
+                for d, c in zip(setup["depths"], cells, strict=True):
+                    accs = [a for a in c["test_accuracy"] if a is not None]
+                    axes[len(lrs) + col].scatter([d + (i - 0.5) * 0.6] * len(accs), accs,
+                                                 s=8, color=f"C{i}", alpha=0.5)
+        axes[col].set(title=f"lr {lr:g}", xlabel="depth", ylabel="fraction off the plateau",
+                      ylim=(-0.05, 1.05))
+        axes[len(lrs) + col].set(xlabel="depth", ylabel="test accuracy", ylim=(0, 1))
+        for ax in (axes[col], axes[len(lrs) + col]):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="small")
+    return fig
+
+
+def _pair_text(results: dict[str, Any]) -> str:
+    """The E2/E5 contradiction, in words that follow from the pair's and the grid's numbers."""
+    setup, grid, pair = results["setup"], results["grid"], results["pair"]
+    d0, d1 = setup["pair"]
+    a, b = (sorted(v for v in pair[str(d)]["test_accuracy"] if v is not None) for d in (d0, d1))
+    lines = [
+        f"E2 (depth {d0}) and E5 (depth {d1}) ran this recipe with seed 0 only and reported "
+        f"96.0% and 65.4%. Over {len(setup['seeds'])} seeds at {setup['pair_steps']:,} steps, "
+        f"the test accuracies are {', '.join(f'{v:.3f}' for v in a)} at depth {d0} and "
+        f"{', '.join(f'{v:.3f}' for v in b)} at depth {d1}: "
+        + ("the two sets overlap, so the two single runs differ no more than two seeds of one "
+           "depth can" if a and b and min(a) <= max(b) and min(b) <= max(a)
+           else "the two sets do not overlap")
+        + f" (spread within depth {d0}: {max(a) - min(a):.3f}, within depth {d1}: "
+          f"{max(b) - min(b):.3f})." if a and b else "No finished runs to compare."]
+    both = [(d, lr) for d in (d0, d1) for lr in setup["lrs"]
+            if key("Kaiming", "plain", d, lr) in grid]
+    if both:
+        lines.append(f"In the grid at step {setup['steps']} (Kaiming, plain): " + "; ".join(
+            f"depth {d}, lr {lr:g}: median accuracy "
+            f"{_iqr(grid[key('Kaiming', 'plain', d, lr)]['accuracy_quartiles'], '.3f')}"
+            for d, lr in both) + ".")
+    return "\n\n".join(lines)
+
+
+def _separated(kaiming: dict[str, Any], lecun: dict[str, Any]) -> bool:
+    return kaiming["wilson"][0] > lecun["wilson"][1]
+
+
 def verdicts(results: dict[str, Any]) -> list[Verdict]:
-    """The claims' verdicts, from the numbers in results.json (one seed each: preliminary)."""
+    """The claims' verdicts, by the rules of the module docstring, from results.json alone."""
+    setup, grid = results["setup"], results["grid"]
+    n = len(setup["seeds"])
     kaiming, lecun = (per_layer_factor(results["init_preact_std"][k]) for k in INITS)
-    kept = 0.9 < kaiming < 1.1 and abs(lecun - 2**-0.5) < 0.06
-    runs = results["runs"]
-    k_exit = runs["Kaiming, plain"]["plateau_exit"]
-    l_exit = runs["LeCun (\"Xavier\"), plain"]["plateau_exit"]
-    trains = ("not reproduced" if k_exit is None else "reproduced" if l_exit is None
-              else "partly reproduced" if l_exit > k_exit else "not reproduced")
-    evidence = f"off the plateau (loss < {PLATEAU}) at step {k_exit} vs {l_exit}"
-    deep_kaiming = results.get("depth_sweep", {}).get(f"Kaiming_{SWEEP_DEPTHS[-1]}")
-    if deep_kaiming is not None:  # the same recipe deeper: does Kaiming still train?
-        evidence += (f"; Kaiming at depth {SWEEP_DEPTHS[-1]}: test accuracy "
-                     f"{fmt(deep_kaiming[f'test_accuracy@{SWEEP_STEPS}'], '.4f')} "
-                     f"at step {SWEEP_STEPS}")
-    out = [
-        Verdict("at init, std per layer ×1 (Kaiming) vs ×1/√2 (LeCun)",
-                f"×{kaiming:.3f} vs ×{lecun:.3f}",
-                "reproduced" if kept else "not reproduced", n=1),
-        Verdict("plain net: Kaiming trains, LeCun stalls", evidence, trains, n=1),
-    ]
-    if "Kaiming, BN" in runs:
-        accs = [runs[f"{i}, BN"]["test_accuracy"] for i in INITS]  # None: diverged
-        out.append(Verdict("with BN both inits train",
-                           "test accuracy " + " vs ".join(fmt(a, ".4f") for a in accs),
-                           "reproduced" if min(a or 0.0 for a in accs) > 0.9
-                           else "not reproduced", n=1))
+    kept = abs(kaiming - 1) < 0.1 and abs(lecun - 2**-0.5) < 0.06
+    out = [Verdict("at init, std per layer ×1 (Kaiming) vs ×1/√2 (LeCun)",
+                   f"×{kaiming:.3f} vs ×{lecun:.3f} (mean over {n} seeds' weights)",
+                   "reproduced" if kept else "not reproduced", n=n)]
+
+    cells = [(d, lr) for d in setup["claim_depths"] for lr in setup["lrs"]]
+    sep = {c: _separated(grid[key("Kaiming", "plain", *c)], grid[key("LeCun", "plain", *c)])
+           for c in cells}
+    evidence = "; ".join(
+        f"depth {d}, lr {lr:g}: {grid[key('Kaiming', 'plain', d, lr)]['left']}/{n} vs "
+        f"{grid[key('LeCun', 'plain', d, lr)]['left']}/{n}" for d, lr in cells)
+    hits = sum(sep.values())
+    out.append(Verdict(
+        "plain net: Kaiming trains, LeCun stalls",
+        f"seeds off the plateau within {setup['steps']} steps, Kaiming vs LeCun: {evidence}; "
+        f"Wilson 95% intervals apart in {hits} of {len(cells)}",
+        "reproduced" if hits == len(cells) else "partly reproduced" if hits
+        else "not reproduced", n=n))
+
+    bn = [s for s in grid.values() if s["norm"] == "BN"]
+    if bn:
+        left, total = sum(s["left"] for s in bn), sum(s["n"] for s in bn)
+        medians = [s["accuracy_quartiles"][1] for s in bn if s["accuracy_quartiles"]]
+        out.append(Verdict(
+            "with BN both inits train",
+            f"{left}/{total} BN seeds off the plateau ({len(bn)} settings); median test "
+            f"accuracy at step {setup['steps']} per setting "
+            f"{fmt(min(medians), '.3f')}–{fmt(max(medians), '.3f')}",
+            "reproduced" if left == total else "partly reproduced" if left >= 0.9 * total
+            else "not reproduced", n=n))
+
+    shallow, deep = (results["pair"][str(d)] for d in setup["pair"])
+    a, b = ([v for v in s["test_accuracy"] if v is not None] for s in (shallow, deep))
+    overlap = min(a) <= max(b) and min(b) <= max(a) if a and b else True
+    p = welch_test(a, b).p if len(a) > 1 and len(b) > 1 else None
+    d0, d1 = setup["pair"]
+    out.append(Verdict(
+        f"E2 vs E5: depth {d1} trains worse than depth {d0} (Kaiming, plain, lr {PAIR_LR:g})",
+        f"test accuracy at step {setup['pair_steps']}: range {fmt(min(a), '.3f')}–"
+        f"{fmt(max(a), '.3f')} vs {fmt(min(b), '.3f')}–{fmt(max(b), '.3f')}, Welch p "
+        f"{fmt(p, '.2g')}",
+        "not reproduced" if overlap else "reproduced" if p is not None and p < 0.05
+        else "partly reproduced", n=n))
     return out
-
-
-def _verdict(results: dict[str, Any]) -> str:
-    def describe(label: str, r: dict[str, Any]) -> str:
-        stalled = ("never leaves the chance plateau" if r["plateau_exit"] is None
-                   else f"first gets below loss {PLATEAU} at step {r['plateau_exit']}")
-        return (f"{label}: {stalled}; final train loss {fmt(r['loss@end'], '.3f')}, test "
-                f"accuracy {fmt(r['test_accuracy'], '.4f')}")
-
-    lines = [f"- {describe(label, r)}." for label, r in results["runs"].items()]
-    sweep = results.get("depth_sweep", {})
-    if sweep:
-        lines.append(f"- Plain nets by depth ({SWEEP_STEPS:,} steps): " + ", ".join(
-            f"{key.replace('_', ' at depth ')}: "
-            + (f"off the plateau at step {r['plateau_exit']}" if r["plateau_exit"]
-               else "stalled throughout")
-            + f", test accuracy {fmt(r[f'test_accuracy@{SWEEP_STEPS}'], '.4f')}"
-            for key, r in sweep.items()) + ".")
-    lines.append("- One seed per run, and a single unstable run can turn a verdict (E5's report "
-                 "trains a Kaiming ReLU net of the same recipe at depth 32), hence "
-                 "\"preliminary\".")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
