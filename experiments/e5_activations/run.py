@@ -1,27 +1,48 @@
-"""E5: activation functions — the BN paper's MNIST net with every activation of SPEC §1.3, and a
-deep self-normalizing SELU net (SPEC §3 E5).
+"""E5: activation functions — the BN paper's MNIST net with every activation of SPEC §1.3, a
+dying-ReLU arm, and a deep self-normalizing SELU net (SPEC §3 E5).
 
 Part 1 (configs/e4_bn_mnist.py with act=<name>, norm=none): 3 × 100 units, N(0, 0.1²) weights,
-batch 60, plain SGD, 10,000 steps, at lr 0.1 and 0.5; test accuracy, and the fraction of
-saturated units (sigmoid, tanh) or dead units (every other activation) per hidden layer over
-training, from the built-in diagnostics on a fixed batch of 1,000 training images.
+batch 60, plain SGD, `SHALLOW_STEPS` steps, each activation at every lr of `LRS` with the seeds
+`SEEDS` (one `num_seeds` program per (activation, lr)). Each activation's lr is the one with the
+best seed-mean final validation accuracy (the 5,000 training images held out of training:
+train[55000:]); its test accuracy at that lr is reported, per seed and as mean ± 95% CI, and
+compared with the best activation's by Welch tests. The fraction of saturated units (sigmoid,
+tanh) or dead units (every other activation) per hidden layer comes from the built-in
+diagnostics on a fixed batch of 1,000 training images, every 100 steps.
+Dying-ReLU arm: the same net provoked with `DYING` (negative hidden biases at init) for ReLU
+and the variants of `DYING_ACTS`, the same seeds; the dead fraction per layer at the first
+diagnostic (step 100) and at the end of training, against part 1's ReLU net at the same lr.
 Part 2 (configs/e2_depth.py): 32 × (Dense(128) → act), no normalization, standardized inputs,
-SGD momentum 0.9, lr 0.01, 3,000 steps: SELU with LeCun init (Klambauer et al. 2017), the same
-net with ReLU (LeCun init, and Kaiming init for reference), and the activation statistics of
-every layer at init.
+SGD momentum 0.9, lr 0.01, `DEEP_STEPS` steps, the seeds `SEEDS`: SELU with LeCun init
+(Klambauer et al. 2017) and the same net with ReLU, and the activation statistics of every
+layer at init (each seed's init; Kaiming-init ReLU at init only, for reference: E2's grid
+answers how deep ReLU nets train).
 
-    python experiments/e5_activations/run.py          # 25 runs, ~30-60 min on a 2-core CPU
-    python experiments/e5_activations/run.py --tiny --out /tmp/e5    # digits, seconds
+Budget (measured on the shared 2-core CPU, CPU seconds of one K=5 program ≈ its time alone):
+a part-1 program is ~8 s (compile, data, evaluation) + ~4.4 s per 1,000 steps, so 2,000 steps
+≈ 17 s: 12 activations × 2 lrs = 24 programs ≈ 410 s, the dying arm 4 × 17 ≈ 70 s; a deep
+program is ~8 s + ~80 s per 1,000 steps (32 layers × 5 seeds), 2 × 88 ≈ 180 s. Total ≈ 11
+machine-minutes. The steps are cut from 10,000 (part 1) and 3,000 (part 2): in the one-seed
+curves of the earlier run, accuracies are within ~1 point of their final values by step 2,000
+and the deep SELU net's loss is below a third of the ReLU net's from step ~200 to 3,000.
+
+    python experiments/e5_activations/run.py          # 30 programs of 5 seeds, ~11 min alone
+    python experiments/e5_activations/run.py --report-only      # from results.json alone
+    python experiments/e5_activations/run.py --tiny --out /tmp/e5    # digits, 2 seeds, seconds
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from normlab.config import load_config
+from normlab.errors import TrainingInterrupted
 from normlab.nn.activations import make_activation
 from normlab.reports import (
     Report,
@@ -29,45 +50,67 @@ from normlab.reports import (
     Verdict,
     choose_lr,
     final_metric,
-    fmt,
-    new_figure,
-    plot_curves,
-    verdict_table,
+    seed_runs,
+    welch_test,
 )
 from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
     record_runs,
-    report_results,
-    train_config,
+    train_seeds,
 )
 from normlab.reports.probes import preacts_at_init
+from normlab.sample_stats import mean_ci
 from normlab.train.diagnostics import LINEAR, SATURATING
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # e5_report.py beside this file
+from e5_report import layer_fractions, write_report  # noqa: E402
 
 SHALLOW = "configs/e4_bn_mnist.py"
 DEEP = "configs/e2_depth.py"
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu",
                "gelu_tanh", "silu", "mish", "identity")  # swish is silu's second name
 LRS = (0.1, 0.5)
-SHALLOW_STEPS = 10_000
-DEEP_NETS = {  # label: (activation, init)
+SEEDS = (0, 1, 2, 3, 4)
+SHALLOW_STEPS = 2000
+# the provocation: every hidden bias starts at -0.75, at part 1's lr 0.5 (its control: part 1's
+# ReLU net at that lr, biases 0). A higher lr alone (0.8, 1.0 at biases 0) diverged on some
+# seeds of every activation in trials, before it killed more than a few % of ReLU units.
+DYING = {"lr": 0.5, "bias_init": -0.75}
+DYING_ACTS = ("relu", "leaky_relu", "elu", "gelu")  # ReLU first: the others are its controls
+DEEP_NETS = {  # label: (activation, init); trained
     "SELU, LeCun": ("selu", "lecun_normal"),
     "ReLU, LeCun": ("relu", "lecun_normal"),
-    "ReLU, Kaiming": ("relu", "kaiming_normal"),
 }
-DEEP_DEPTH = 32
-# tiny: one saturating activation, and the deep SELU/ReLU pair at depth 20 (digits, seconds)
-TINY_ACTS, TINY_DEEP_DEPTH = ("tanh",), 20
+DEEP_INIT_ONLY = {"ReLU, Kaiming": ("relu", "kaiming_normal")}  # its statistics at init only
+DEEP_DEPTH, DEEP_STEPS = 32, 1000
+DEAD_MIN = 0.05  # a provoked ReLU net "dies" only if at least this share of its units is dead
+ALPHA = 0.05  # a difference counts where its two-sided Welch p is below this
+# tiny (digits, 2 seeds): a saturating and a ReLU net in part 1, ReLU vs GELU provoked (on
+# digits' 64 inputs leaky ReLU's 0.01 slope brings no unit back within 300 steps, and ELU
+# diverges), the deep SELU/ReLU pair at depth 20
+TINY = {"acts": ("tanh", "relu"), "lrs": (0.1, 0.5), "seeds": (0, 1), "steps": 300,
+        "dying_acts": ("relu", "gelu"), "depth": 20}
 
 
-def unit_fraction(run: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, mean over hidden layers of diag/<layer>/norm_act/<metric>)."""
-    keys = sorted(k for k in (run.records[0] if run.records else {})
-                  if k.startswith("diag/") and k.endswith("/" + metric))
-    if not keys:
-        return np.zeros(0, np.int64), np.zeros(0)
-    per_layer = [run.series(k) for k in keys]
-    return per_layer[0][0], np.mean([v for _, v in per_layer], axis=0)
+def seeded(args, name: str, spec: str, seeds: Sequence[int], **overrides: Any
+           ) -> list[RunResult]:
+    """`train_seeds`, also where the first seed diverged and the others trained on: the K-seed
+    summary then reports the first seed's stop as the program's (normlab/train/summary.py
+    `across_seeds` reads step and finished from seed 0), which `run_training` takes for an
+    interruption, although every other seed finished. Such a program's seeds are read from
+    their folders (it is retrained under --reuse)."""
+    try:
+        return train_seeds(args, name, spec, seeds, **overrides)
+    except TrainingInterrupted:
+        workdir = args.runs / name
+        summary = json.loads((workdir / "summary.json").read_text())
+        diverged = summary.get("seeds", {}).get("diverged", [])
+        finished = [json.loads((workdir / "seeds" / str(i) / "summary.json").read_text())
+                    ["finished"] for i in range(len(seeds)) if i not in diverged]
+        if 0 not in diverged or not all(finished):
+            raise
+        return seed_runs(RunResult(name, workdir, [], summary, None))
 
 
 def activation_stats_at_init(spec: str, n: int = 256) -> dict[str, list[float]]:
@@ -78,10 +121,28 @@ def activation_stats_at_init(spec: str, n: int = 256) -> dict[str, list[float]]:
     return {"mean": [float(h.mean()) for h in outs], "std": [float(h.std()) for h in outs]}
 
 
-def _unit_measure(activation: str) -> str | None:
+def unit_measure(activation: str) -> str | None:
+    """The diagnostic that says a unit stopped working: saturated, dead, or none (linear)."""
     if activation in LINEAR:
         return None
     return "saturated_fraction" if activation in SATURATING else "dead_fraction"
+
+
+def above(a: Sequence[float], b: Sequence[float]) -> tuple[bool, float | None]:
+    """(mean(a) > mean(b) with Welch p < `ALPHA`, p); with one value per side the means alone
+    decide (p None); two sets without spread differ exactly when their means do (p 0 or 1)."""
+    if min(len(a), len(b)) < 2:
+        return bool(len(a) and len(b) and np.mean(a) > np.mean(b)), None
+    if np.var(a) == 0 and np.var(b) == 0:
+        p = 0.0 if np.mean(a) != np.mean(b) else 1.0
+    else:
+        p = welch_test(a, b).p
+    return bool(np.mean(a) > np.mean(b) and p < ALPHA), p
+
+
+def finite(values: Sequence[float | None]) -> list[float]:
+    """The values of the seeds that trained (a diverged seed has None)."""
+    return [v for v in values if v is not None]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -90,213 +151,213 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_experiment_args(__doc__, __file__, argv)
     report = Report("E5: activation functions", args.out, command=args.command)
     results, runs = (load_results(args.out), None) if args.report_only else collect(args)
-    write_report(report, results, runs)
+    write_report(report, results, runs, verdicts(results), ranking(results))
     return results
 
 
 def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trains E5's runs; (the numbers the report shows, the runs behind its figures)."""
+    """Trains E5's programs; (the numbers the report shows, the per-seed runs behind its
+    figures)."""
     if args.tiny:
-        acts, lrs, steps = TINY_ACTS, (0.5,), 300
+        acts, lrs, seeds, steps = TINY["acts"], TINY["lrs"], TINY["seeds"], TINY["steps"]
+        dying_acts, depth = TINY["dying_acts"], TINY["depth"]
         shallow_extra = ",dataset=digits,batch=64"
-        deep_extra = f",dataset=digits,depth={TINY_DEEP_DEPTH},width=32,steps=300,batch=64"
-        deep_nets = {k: v for k, v in DEEP_NETS.items() if "Kaiming" not in k}
-        no_diag = {"diag_every_steps": 0}  # the deep nets' diagnostics are not reported
+        deep_extra = f",dataset=digits,depth={depth},width=32,steps={steps},batch=64"
     else:
-        acts, lrs, steps = ACTIVATIONS, LRS, SHALLOW_STEPS
-        shallow_extra, deep_extra, deep_nets, no_diag = "", f",depth={DEEP_DEPTH}", DEEP_NETS, {}
-    shallow = {
-        (act, lr): train_config(
-            args, f"{act}_lr{lr:g}",
-            f"{SHALLOW}:norm=none,act={act},lr={lr},steps={steps}{shallow_extra}")
-        for act in acts for lr in lrs
-    }
-    deep = {label: train_config(args, f"deep_{act}_{init}",
-                                f"{DEEP}:act={act},init={init},norm=none{deep_extra}", **no_diag)
-            for label, (act, init) in deep_nets.items()}
-    deep_init = {label: activation_stats_at_init(f"{DEEP}:act={act},init={init},norm=none"
-                                                 f"{deep_extra}")
-                 for label, (act, init) in deep_nets.items()}
-    diag_steps = unit_fraction(shallow[(acts[0], lrs[0])], "preact_std")[0]
-    picked = sorted({0, len(diag_steps) // 10, len(diag_steps) - 1})
+        acts, lrs, seeds, steps, dying_acts = ACTIVATIONS, LRS, SEEDS, SHALLOW_STEPS, DYING_ACTS
+        depth, shallow_extra = DEEP_DEPTH, ""
+        deep_extra = f",depth={depth},steps={DEEP_STEPS}"
+    # evaluations every 200 steps draw the curves; the diagnostics stay at every 100
+    every = {"eval_every_steps": 200}
+
+    def shallow_at(act: str, lr: float, bias: float = 0.0, prefix: str = "") -> list[RunResult]:
+        spec = (f"{SHALLOW}:norm=none,act={act},lr={lr},bias_init={bias},steps={steps}"
+                f"{shallow_extra}")
+        return seeded(args, f"{prefix}{act}_lr{lr:g}_seeds{seeds[0]}-{seeds[-1]}", spec, seeds,
+                      **every)
+
+    shallow = {(act, lr): shallow_at(act, lr) for act in acts for lr in lrs}
+    dying = {act: shallow_at(act, DYING["lr"], DYING["bias_init"], prefix="dying_")
+             for act in dying_acts}
+    deep = {label: seeded(args, f"deep_{act}_{init}_seeds{seeds[0]}-{seeds[-1]}",
+                          f"{DEEP}:act={act},init={init},norm=none{deep_extra}", seeds,
+                          diag_every_steps=0)  # the deep nets' diagnostics: not reported
+            for label, (act, init) in DEEP_NETS.items()}
+    deep_init = {label: [activation_stats_at_init(f"{DEEP}:act={act},init={init},norm=none"
+                                                  f"{deep_extra},seed={s}") for s in seeds]
+                 for label, (act, init) in {**DEEP_NETS, **DEEP_INIT_ONLY}.items()}
+    every_run = [r for group in (shallow, dying, deep) for runs in group.values() for r in runs]
+    programs = len(shallow) + len(dying) + len(deep)
     results: dict[str, Any] = {
         "setup": {"shallow_steps": steps, "dataset": "digits" if args.tiny else "mnist",
-                  "deep_depth": TINY_DEEP_DEPTH if args.tiny else DEEP_DEPTH,
-                  "deep_extra": deep_extra, "lrs": list(lrs),
-                  "diag_steps": [int(diag_steps[i]) for i in picked]},
+                  "lrs": list(lrs), "seeds": list(seeds), "dying": dict(DYING),
+                  "deep_depth": depth, "deep_extra": deep_extra, "alpha": ALPHA,
+                  "dead_min": DEAD_MIN},
         "lr_chosen_on": "val_accuracy",
-        "shallow": {}, "deep": {}, "deep_init": deep_init,
-        "training_runs": record_runs(args, [*shallow.values(), *deep.values()]),
+        "shallow": {}, "dying": {}, "deep": {},
+        "training_runs": record_runs(args, every_run)
+        + f" ({programs} programs of {len(seeds)} seeds, `num_seeds`)",
     }
     for act in acts:
-        accs = {lr: final_metric(shallow[(act, lr)], "test_accuracy") for lr in lrs}
-        # the lr is chosen on the validation split; the test accuracy is only reported
         best = choose_lr({lr: shallow[(act, lr)] for lr in lrs}, "val_accuracy")
-        measure = _unit_measure(act)
-        frac = unit_fraction(shallow[(act, best)], measure) if measure else ([], [])
+        measure = unit_measure(act)
         results["shallow"][act] = {
-            "test_accuracy": {str(k): v for k, v in accs.items()}, "best_lr": best,
-            "measure": measure,
-            "fraction_first_tenth_last": [frac[1][i] if i < len(frac[1]) else None
-                                          for i in picked]}
-    for label, run in deep.items():
-        loss = run.series("train_loss")[1]
-        init_stats = deep_init[label]
+            "val_accuracy": {f"{lr:g}": [final_metric(r, "val_accuracy")
+                                         for r in shallow[(act, lr)]] for lr in lrs},
+            "best_lr": best, "measure": measure,
+            "test_accuracy": [final_metric(r, "test_accuracy") for r in shallow[(act, best)]],
+            **_fractions(shallow[(act, best)], measure)}
+    results["dying_control"] = _fractions(shallow[("relu", DYING["lr"])], "dead_fraction",
+                                          by_layer=True) if ("relu", DYING["lr"]) in shallow else {}
+    for act, runs in dying.items():
+        results["dying"][act] = {
+            "val_accuracy": [final_metric(r, "val_accuracy") for r in runs],
+            "test_accuracy": [final_metric(r, "test_accuracy") for r in runs],
+            **_fractions(runs, "dead_fraction", by_layer=True)}
+    for label, runs in deep.items():
         results["deep"][label] = {
-            "init_std_first": init_stats["std"][0], "init_std_last": init_stats["std"][-1],
-            "init_mean_last": init_stats["mean"][-1],
-            "loss_first": float(loss[0]) if len(loss) else None,
-            "loss_final": final_metric(run, "train_loss"),
-            "test_accuracy": final_metric(run, "eval_accuracy")}
-    return results, {"shallow": shallow, "deep": deep}
+            "loss_first": [float(r.series("train_loss")[1][0]) if r.records else None
+                           for r in runs],
+            "loss_final": [final_metric(r, "train_loss") for r in runs],
+            "test_accuracy": [final_metric(r, "eval_accuracy") for r in runs]}
+    results["deep_init"] = {label: {
+        "std_first": [s["std"][0] for s in per_seed], "std_last": [s["std"][-1] for s in per_seed],
+        "mean_last": [s["mean"][-1] for s in per_seed],
+        # the per-layer profile, mean over the seeds (the figure)
+        "std_by_layer": np.mean([s["std"] for s in per_seed], axis=0).tolist()}
+        for label, per_seed in deep_init.items()}
+    best_runs = {act: shallow[(act, r["best_lr"])] for act, r in results["shallow"].items()}
+    return results, {"shallow": best_runs, "dying": dying, "deep": deep}
 
 
-def write_report(report: Report, results: dict[str, Any], runs: dict[str, Any] | None) -> None:
-    """The report from `results` alone; figures drawn from `runs` (None: --report-only, the
-    committed figures are embedded)."""
-    # results from before "setup" was stored are the full-size run's (the docstring's sizes)
-    setup = results.get("setup", {"shallow_steps": SHALLOW_STEPS, "dataset": "mnist",
-                                  "deep_depth": DEEP_DEPTH, "deep_extra": f",depth={DEEP_DEPTH}",
-                                  "lrs": list(LRS), "diag_steps": [100, 1100, 10000]})
-    chosen_on = results.get("lr_chosen_on", "test_accuracy")
-    report.facts.update({
-        "part 1": f"{SHALLOW}:norm=none,act=…,lr=… — 3 × 100, N(0, 0.1²) init, batch 60, "
-                  f"plain SGD, {setup['shallow_steps']} steps, {setup['dataset']}",
-        "part 2": f"{DEEP}:act=…,init=…,norm=none{setup['deep_extra']}",
-    })
-    if "training_runs" in results:
-        report.facts["training runs"] = results["training_runs"]
-    report.text(
-        "**Claim** (SPEC §3 E5 and §1.3): the activations differ in how they train the same "
-        "net; sigmoid and tanh saturate, ReLU-like units can die; a deep SELU MLP with LeCun "
-        "init trains without any normalization layer (self-normalizing: mean 0 and variance "
-        "1 are a stable fixed point of the layer map), while the same ReLU net does not.\n\n"
-        "Saturated: |input| > 2.30 for tanh (|tanh| > 0.98) or > 3.89 for sigmoid (σ outside "
-        "[0.02, 0.98]), fraction of all units × examples. Dead: a unit whose input is ≤ 0 "
-        "for all 1,000 examples of the diagnostic batch (for the smooth or leaky variants: "
-        "never leaves its negative regime). Both are averaged over the 3 hidden layers."
-    )
-    report.heading("Part 1: every activation in the BN paper's net (no BN)")
-    lrs = setup["lrs"]
-    on = "val" if chosen_on == "val_accuracy" else "TEST"
-    rows = [[act, *(r["test_accuracy"][str(lr)] for lr in lrs), f"{r['best_lr']:g}",
-             (r["measure"] or "—").replace("_fraction", ""), *r["fraction_first_tenth_last"]]
-            for act, r in results["shallow"].items()]
-    report.table(["activation", *(f"test acc, lr {lr:g}" for lr in lrs), f"best lr (on {on})",
-                  "measure", *(f"at step {s} (best lr)" for s in setup["diag_steps"])], rows,
-                 spec=".4f")
-    if chosen_on != "val_accuracy":
-        report.text("**These results chose each activation's lr on the test set** (they "
-                    "predate choosing it on validation): the test accuracies at the chosen lr "
-                    "are biased upward, and no ranking of the activations is claimed from them.")
-    caption = ("Test accuracy, saturation and dead units over training, each activation at its "
-               "better learning rate")
-    if runs is None:
-        report.existing_figure("activations.png", caption)
-    else:
-        report.figure(_activations_figure(results, runs["shallow"]), "activations.png",
-                      caption)
-
-    report.heading(f"Part 2: a {setup['deep_depth']}-layer net without normalization")
-    keys = ["init_std_first", "init_std_last", "init_mean_last", "loss_first", "loss_final",
-            "test_accuracy"]
-    report.table(["net", "act std, layer 1 (init)", "act std, last layer (init)",
-                  "act mean, last layer (init)", "train loss, steps 1–100", "final train loss",
-                  "final test accuracy"],
-                 [[label, *(d[k] for k in keys)] for label, d in results["deep"].items()],
-                 spec=".4g")
-    caption = ("Deep nets without normalization: activation std by layer at init (256 "
-               "standardized training images) and the train loss")
-    if runs is None:
-        report.existing_figure("deep_selu.png", caption)
-    else:
-        fig, axes = new_figure(2)
-        plot_curves(axes[0], {k: (list(range(1, len(v["std"]) + 1)), v["std"])
-                              for k, v in results["deep_init"].items()},
-                    xlabel="layer", ylabel="std of the activations at init", logy=True)
-        plot_curves(axes[1], {k: r.series("train_loss") for k, r in runs["deep"].items()},
-                    xlabel="step", ylabel="train loss", logy=True)
-        report.figure(fig, "deep_selu.png", caption)
-    report.heading("Result")
-    report.text(_verdict(results))
-    claims = verdicts(results)
-    report.text(verdict_table(claims))
-    report_results(report, results, claims)
-
-
-def _activations_figure(results: dict[str, Any], shallow: dict):
-    acts = list(results["shallow"])
-    best = {act: shallow[(act, results["shallow"][act]["best_lr"])] for act in acts}
-    fig, axes = new_figure(3)
-    # one color and line style per activation, the same in every panel (12 > 10 colors)
-    styles = {act: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
-              for i, act in enumerate(acts)}
-    plot_curves(axes[0], {act: best[act].series("test_accuracy") for act in acts},
-                xlabel="step", ylabel="test accuracy (best lr)", ylim=(0.8, 1.0), styles=styles)
-    plot_curves(axes[1], {act: unit_fraction(best[act], "saturated_fraction")
-                          for act in acts if act in SATURATING},
-                xlabel="step", ylabel="saturated fraction (mean over layers)", styles=styles)
-    plot_curves(axes[2], {act: unit_fraction(best[act], "dead_fraction")
-                          for act in acts if _unit_measure(act) == "dead_fraction"},
-                xlabel="step", ylabel="dead-unit fraction (mean over layers)", styles=styles)
-    for ax in (axes[0], axes[2]):
-        if ax.get_legend_handles_labels()[0]:  # tiny: no ReLU-like net in the dead-unit panel
-            ax.legend(fontsize="x-small", ncols=2)
-    return fig
+def _fractions(runs: list[RunResult], measure: str | None,
+               by_layer: bool = False) -> dict[str, Any]:
+    """Per seed, the measure's fraction (mean over layers; `by_layer`: also each layer's) at the
+    first diagnostic and at the end; None for a seed that diverged."""
+    if measure is None:
+        return {}
+    out: dict[str, Any] = {"diag_first_step": None, "first": [], "last": []}
+    if by_layer:
+        out.update(first_by_layer=[], last_by_layer=[])
+    for run in runs:
+        steps, per_layer = layer_fractions(run, measure)
+        ok = run.diverged is None and len(steps) > 0
+        if ok:
+            out["diag_first_step"] = int(steps[0])
+        out["first"].append(float(per_layer[:, 0].mean()) if ok else None)
+        out["last"].append(float(per_layer[:, -1].mean()) if ok else None)
+        if by_layer:
+            out["first_by_layer"].append(per_layer[:, 0].tolist() if ok else None)
+            out["last_by_layer"].append(per_layer[:, -1].tolist() if ok else None)
+    return out
 
 
 def verdicts(results: dict[str, Any]) -> list[Verdict]:
-    """The deep-net claims, from the numbers in results.json (one seed each: preliminary)."""
-    selu, relu = results["deep"]["SELU, LeCun"], results["deep"]["ReLU, LeCun"]
-    fixed_point = 0.7 < selu["init_std_last"] < 1.3 and abs(selu["init_mean_last"]) < 0.2
-    collapsed = relu["init_std_last"] < 0.01 * relu["init_std_first"]
-    trains = selu["loss_final"] is not None and selu["loss_final"] < 1.0 and (
-        relu["loss_final"] is None or relu["loss_final"] > 2 * selu["loss_final"])
+    """E5's claims and what the per-seed numbers in results.json say about them."""
+    n = len(results["setup"]["seeds"])
+    return [*_shallow_verdicts(results, n), _dying_verdict(results, n),
+            *_deep_verdicts(results, n)]
+
+
+def ranking(results: dict[str, Any]) -> dict[str, Any]:
+    """The nonlinear activations by seed-mean test accuracy (each at its chosen lr): the best,
+    and for every other its Welch p against the best and whether it is separated below."""
+    test = {a: finite(r["test_accuracy"]) for a, r in results["shallow"].items()
+            if a not in LINEAR and finite(r["test_accuracy"])}
+    best = max(test, key=lambda a: np.mean(test[a]))
+    versus = {a: above(test[best], v) for a, v in test.items() if a != best}
+    return {"best": best, "p": {a: p for a, (_, p) in versus.items()},
+            "below": [a for a, (sep, _) in versus.items() if sep],
+            "top": [a for a, (sep, _) in versus.items() if not sep]}
+
+
+def _share(won: int, of: int) -> str:
+    return ("reproduced" if of and won == of else "partly reproduced" if won
+            else "not reproduced")
+
+
+def _ci(values: Sequence[float | None], spec: str = ".4f") -> str:
+    """Mean ± 95% CI half-width over the seeds that trained, their count when some did not."""
+    kept = finite(values)
+    if not kept:
+        return f"— (n=0 of {len(values)})"
+    ci = f" ± {mean_ci(kept):{spec.lstrip('+')}}" if len(kept) > 1 else ""
+    count = "" if len(kept) == len(values) else f" (n={len(kept)} of {len(values)})"
+    return f"{np.mean(kept):{spec}}{ci}{count}"
+
+
+def _shallow_verdicts(results: dict[str, Any], n: int) -> list[Verdict]:
+    shallow, rank = results["shallow"], ranking(results)
+    best = rank["best"]
+    out = [Verdict(
+        "the activation changes the test accuracy of the same net (each at its lr chosen on "
+        "validation; nonlinear activations)",
+        f"best {best} {_ci(shallow[best]['test_accuracy'])}; not separated from it (Welch p ≥ "
+        f"{ALPHA:g}): " + (", ".join(rank["top"]) or "none") + "; below it: "
+        + (", ".join(f"{a} (p {rank['p'][a]:.2g})" if rank["p"][a] is not None else a
+                     for a in rank["below"]) or "none"),
+        "reproduced" if rank["below"] else "not reproduced", n)]
+    saturating = [a for a, r in shallow.items() if r["measure"] == "saturated_fraction"]
+    grows = {a: above(finite(shallow[a]["last"]), finite(shallow[a]["first"]))
+             for a in saturating}
+    if saturating:
+        out.append(Verdict(
+            "sigmoid and tanh saturate more as they train",
+            "saturated fraction (mean over layers), first diagnostic → end: " + "; ".join(
+                f"{a} {_ci(shallow[a]['first'], '.3f')} → {_ci(shallow[a]['last'], '.3f')}"
+                for a in saturating),
+            _share(sum(won for won, _ in grows.values()), len(saturating)), n))
+    return out
+
+
+def _dying_verdict(results: dict[str, Any], n: int) -> Verdict:
+    """ReLU under the provocation vs itself unprovoked and vs every variant (the rule: module
+    `DEAD_MIN` and `ALPHA`; a variant with fewer than 2 seeds trained is left out, and said)."""
+    dying, setup = results["dying"], results["setup"]
+    relu = finite(dying["relu"]["last"])
+    calm = finite(results["dying_control"].get("last", []))
+    others = [a for a in dying if a != "relu" and len(finite(dying[a]["last"])) >= 2]
+    lost = [a for a in dying if a != "relu" and a not in others]
+    beats = [a for a in others if above(relu, finite(dying[a]["last"]))[0]]
+    provoked = bool(relu) and np.mean(relu) >= setup["dead_min"] and (
+        not calm or above(relu, calm)[0])
+    prov = f"lr {setup['dying']['lr']:g}, hidden biases {setup['dying']['bias_init']:g} at init"
+    evidence = (f"dead fraction at the end (mean over layers), provoked ({prov}): relu "
+                f"{_ci(dying['relu']['last'], '.3f')}"
+                + "".join(f", {a} {_ci(dying[a]['last'], '.3f')}" for a in others)
+                + (f"; relu unprovoked (biases 0) {_ci(calm, '.3f')}" if calm else "")
+                + (f"; not compared (fewer than 2 seeds trained): {', '.join(lost)}"
+                   if lost else ""))
+    return Verdict("ReLU units die when provoked (negative biases at init); leaky and smooth "
+                   "variants come back",
+                   evidence, _share(len(beats), len(others)) if provoked else "not reproduced",
+                   n)
+
+
+def _deep_verdicts(results: dict[str, Any], n: int) -> list[Verdict]:
+    init, deep = results["deep_init"], results["deep"]
+    selu_i, relu_i = init["SELU, LeCun"], init["ReLU, LeCun"]
+    fixed_point = all(0.7 < s < 1.3 for s in selu_i["std_last"]) and all(
+        abs(m) < 0.2 for m in selu_i["mean_last"])
+    collapsed = all(last < 0.01 * first
+                    for first, last in zip(relu_i["std_first"], relu_i["std_last"], strict=True))
+    selu, relu = deep["SELU, LeCun"]["loss_final"], deep["ReLU, LeCun"]["loss_final"]
+    # a diverged ReLU seed counts as not trained: its loss is above any finite one
+    relu_inf = [np.inf if v is None else v for v in relu]
+    trains = len(finite(selu)) == len(selu) and np.mean(selu) < 1.0 and (
+        np.isinf(relu_inf).any() or (np.mean(relu_inf) > 2 * np.mean(selu)
+                                     and above(relu_inf, selu)[0]))
     return [
         Verdict("deep SELU (LeCun) keeps mean 0, std 1 at init; ReLU's std collapses",
-                f"last layer: SELU std {selu['init_std_last']:.3g}, mean "
-                f"{selu['init_mean_last']:+.3g}; ReLU std {relu['init_std_first']:.3g} → "
-                f"{relu['init_std_last']:.3g}",
-                "reproduced" if fixed_point and collapsed else "not reproduced", n=1),
-        Verdict("deep SELU trains without normalization, the same ReLU net does not",
-                f"final train loss {fmt(selu['loss_final'], '.3f')} (SELU) vs "
-                f"{fmt(relu['loss_final'], '.3f')} (ReLU)",
-                "reproduced" if trains else "not reproduced", n=1),
-        Verdict("ReLU-like units die", "never provoked (no high-lr or negative-bias arm)",
-                "not tested"),
+                f"last layer, every seed: SELU std {_ci(selu_i['std_last'], '.3g')}, mean "
+                f"{_ci(selu_i['mean_last'], '+.3g')}; ReLU std {_ci(relu_i['std_first'], '.3g')}"
+                f" → {_ci(relu_i['std_last'], '.3g')}",
+                "reproduced" if fixed_point and collapsed else "not reproduced", n),
+        Verdict("deep SELU trains without normalization, the same ReLU net does not (within "
+                "the run's steps)",
+                f"final train loss {_ci(selu, '.3f')} (SELU) vs {_ci(relu, '.3f')} (ReLU)",
+                "reproduced" if trains else "not reproduced", n),
     ]
-
-
-def _verdict(results: dict[str, Any]) -> str:
-    shallow = results["shallow"]
-    best = {act: r["test_accuracy"][str(r["best_lr"])] or 0.0 for act, r in shallow.items()}
-    ranked = sorted(best, key=best.get, reverse=True)
-    # no final value: the loss went non-finite (final_metric's None)
-    diverged = sorted(f"{act} (lr {lr})" for act, r in shallow.items()
-                      for lr, acc in r["test_accuracy"].items() if acc is None)
-    fractions = {act: r["fraction_first_tenth_last"] for act, r in shallow.items()
-                 if r["measure"]}
-    saturating = [a for a in fractions if shallow[a]["measure"] == "saturated_fraction"]
-    dying = [a for a in fractions if a not in saturating]
-    max_dead = max((max(f for f in fractions[a] if f is not None) for a in dying), default=0)
-    on = ("chosen on validation" if results.get("lr_chosen_on") == "val_accuracy"
-          else "chosen on the test set (biased)")
-    lines = [
-        f"- Test accuracy after the run, at the lr {on}, one seed each: "
-        + ", ".join(f"{a} {best[a]:.4f}" for a in ranked) + ".",
-        "- Diverged (non-finite loss): " + (", ".join(diverged) or "none") + ".",
-        "- Saturation (mean over layers, first / a tenth in / last diagnostic): "
-        + "; ".join(f"{a}: " + " / ".join(f"{f:.3f}" for f in fractions[a])
-                    for a in saturating) + ".",
-        f"- Dead units: at most {max_dead:.3f} of the units of any ReLU-like net, at any "
-        "diagnostic point; no run was set up to provoke them (high lr or negative bias init).",
-    ]
-    for label, d in results["deep"].items():
-        state = "diverged" if d["loss_final"] is None else (
-            f"final train loss {d['loss_final']:.3f}, test accuracy {d['test_accuracy']:.4f}")
-        lines.append(f"- Deep {label}: activation std {d['init_std_first']:.3g} at layer 1 and "
-                     f"{d['init_std_last']:.3g} at the last layer at init; {state}.")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
