@@ -6,6 +6,7 @@
     normlab bench --input --json input.json    # host JPEG decode + augment, the stream (no model)
     normlab bench --suite gpu --json gpu.json  # the accelerator suite (normlab/bench/suite.py)
     normlab bench --seeds --json seeds.json    # 8 seeds in one program vs 8 separate runs
+    normlab bench --conv --json conv.json      # XLA conv paths vs PyTorch eager (ResNet-20)
 
 Prints Markdown tables, the targets of the benchmark issue (met or not, with the measured
 ratios) and, with --json FILE, writes everything with the run's provenance (command, device,
@@ -25,9 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from normlab.bench import conv_paths, norm_ops, suite
 from normlab.bench import input as input_bench
 from normlab.bench import models as model_bench
-from normlab.bench import norm_ops, suite
 from normlab.bench import seeds as seeds_bench
 from normlab.bench.harness import as_json, machine_load, matmul_flops_per_s, peak_memory_bytes
 
@@ -74,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-seeds", type=int, default=8, help="--seeds: K (default 8)")
     parser.add_argument("--seed-steps-per-call", type=int,
                         help="--seeds: steps per jitted call (default 100)")
+    parser.add_argument("--conv", action="store_true",
+                        help="time ResNet-20's convs and train step on each XLA conv path "
+                        "against PyTorch eager (the `bench` extra: torch), instead of models")
+    parser.add_argument("--conv-paths", default=",".join(conv_paths.PATHS),
+                        help=f"--conv: comma-separated paths of {','.join(conv_paths.PATHS)}")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="--conv: leave the PyTorch references out")
+    parser.add_argument("--no-step", action="store_true",
+                        help="--conv: time the convs alone, not the ResNet-20 step")
     parser.add_argument("--suite", choices=["gpu"],
                         help="gpu: the one-command accelerator suite (norms vs BN and flax, "
                         "ResNet-20/50 bf16 steps with MFU, input, parallel layouts); with "
@@ -235,6 +245,11 @@ def benchmark(s: dict[str, Any]) -> dict[str, Any]:
     min_sample_s = s["min_sample_ms"] / 1e3
     if s["suite"]:
         result["suite"] = suite.bench_suite(quick=s["quick"])
+    elif s["conv"]:
+        result["conv"] = conv_paths.bench_conv_paths(
+            batch=s["batch_sizes"][0], paths=_csv(s["conv_paths"], "--conv-paths"),
+            quick=s["quick"], torch=not s["no_torch"], step=not s["no_step"],
+            repeats=s["repeats"], min_sample_s=min_sample_s)
     elif s["seeds"]:
         result["seeds"] = seeds_bench.bench_seeds(
             s["num_seeds"], steps_per_call=s["seed_steps_per_call"], repeats=s["repeats"],
@@ -290,6 +305,8 @@ def report(result: dict[str, Any]) -> str:
         lines += [input_bench.markdown(result["input"]), ""]
     if "seeds" in result:
         lines += [seeds_bench.markdown(result["seeds"]), ""]
+    if "conv" in result:
+        lines += [conv_paths.markdown(result["conv"]), ""]
     if "models" in result:
         per_dtype = result["peak_flops"]["per_dtype"]
         lines += ["peak FLOP/s: " + ", ".join(f"{d} {v / 1e9:.1f} G" for d, v in
