@@ -17,7 +17,7 @@ larger start) and keeps the better on validation. The learning rates are chosen 
 verdicts rest on those five: mean ± 95% CI, steps to a threshold as median with a bootstrap CI,
 and Welch tests (p < `ALPHA`) wherever a verdict compares two methods.
 
-    python experiments/e8_optimizers/run.py            # ~32 one-seed runs, 11 of 5 seeds
+    python experiments/e8_optimizers/run.py            # 33 one-seed runs, 11 of 5 seeds
     python experiments/e8_optimizers/run.py --reuse    # reuse finished runs of the same code
     python experiments/e8_optimizers/run.py --report-only  # from results.json alone
     python experiments/e8_optimizers/run.py --tiny --out /tmp/e8    # digits, 2 seeds, seconds
