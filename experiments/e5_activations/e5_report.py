@@ -121,7 +121,8 @@ def _part1(report: Report, results: dict[str, Any], runs: dict | None, n: int,
         f"whose Welch p against it is ≥ {setup['alpha']:g} ("
         + (", ".join(rank["top"]) or "none") + ") are not separated from it, and no order "
         "among them is claimed. p values are per pair, uncorrected for the "
-        f"{len(rank['p'])} comparisons with the best.")
+        f"{len(rank['p'])} comparisons with the best" + _corrected(rank, setup["alpha"]) + " "
+        + _grid_edge(shallow, setup["lrs"]))
     caption = (f"Test accuracy, saturation and dead units over training, mean over the {n} "
                "seeds, each activation at its lr chosen on validation")
     if runs is None:
@@ -146,6 +147,25 @@ def _part1(report: Report, results: dict[str, Any], runs: dict | None, n: int,
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small", ncols=2)
     report.figure(fig, "activations.png", caption)
+
+
+def _corrected(rank: dict[str, Any], alpha: float) -> str:
+    """Which separations from the best would not survive a Bonferroni correction."""
+    m = len(rank["p"])
+    weak = [a for a in rank["below"] if rank["p"][a] is not None and rank["p"][a] >= alpha / m]
+    return (f": with Bonferroni's α/{m} = {alpha / m:.2g}, " + ", ".join(weak)
+            + " would not be separated." if weak and m > 1 else ".")
+
+
+def _grid_edge(shallow: dict[str, Any], lrs: Sequence[float]) -> str:
+    """The activations whose chosen lr is the grid's largest: their best may lie above it."""
+    top = [a for a, r in shallow.items() if r["best_lr"] == max(lrs)]
+    if len(lrs) < 2 or not top:
+        return ""
+    grid = " and ".join(f"{lr:g}" for lr in lrs)
+    return (f"{len(top)} of the {len(shallow)} activations chose lr {max(lrs):g}, the grid's "
+            "largest (" + ", ".join(top) + "): their best lr may lie above it, so the "
+            f"comparison is of each activation at the better of {grid}.")
 
 
 def _dying(report: Report, results: dict[str, Any], runs: dict | None, n: int) -> None:
