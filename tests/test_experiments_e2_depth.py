@@ -59,13 +59,14 @@ def test_e2_e5_pair_verdict_follows_the_overlap_of_seed_accuracies(e2):
     setup = {**results["setup"], "pair": [30, 32], "pair_steps": 300}
 
     def verdict(a, b):
-        pair = {"30": {"test_accuracy": a}, "32": {"test_accuracy": b}}
+        pair = {d: {"test_accuracy": v, "accuracy_quartiles": e2_run.quartiles(v)}
+                for d, v in (("30", a), ("32", b))}
         claims = e2_run.verdicts({**results, "setup": setup, "pair": pair})
-        text = e2_run._pair_text({**results, "setup": setup, "pair": pair})
+        text = e2_run.e2report._pair_text({**results, "setup": setup, "pair": pair})
         return claims[-1].verdict, text
 
     word, text = verdict([0.96, 0.3, 0.9, 0.95], [0.65, 0.93, 0.5, 0.9])
-    assert word == "not reproduced" and "the two sets overlap" in text
+    assert word == "not reproduced" and "The two sets overlap" in text
     assert verdict([0.96, 0.95, 0.97, 0.94], [0.65, 0.6, 0.7, 0.62])[0] == "reproduced"
     # apart, but Welch p = 0.084 (two groups of seeds each side): partly
     assert verdict([0.96, 0.95, 0.31, 0.30], [0.29, 0.28, 0.05, 0.04])[0] == "partly reproduced"
