@@ -182,8 +182,9 @@ def _pair_text(results: dict[str, Any]) -> str:
            else "do not overlap.")]
     old = []
     if abs(now0 - old0) > 0.005 or abs(now1 - old1) > 0.005:
-        old.append(f"Seed 0 gives {now0:.3f} and {now1:.3f} at this revision, not the old runs' "
-                   f"numbers (the code changed in between), so the old pair is two more draws")
+        old.append(f"Seed 0 gives {now0:.3f} and {now1:.3f} at the grid's revision, not the old "
+                   f"runs' numbers (the code changed in between), so the old pair is two more "
+                   f"draws")
     pooled = a + b
     outside = [f"{name}'s {v:.3f}" for name, v in (("E2", old0), ("E5", old1))
                if not min(pooled) <= v <= max(pooled)]
@@ -200,7 +201,8 @@ def _pair_text(results: dict[str, Any]) -> str:
     lines.append(
         f"So: depth {d1} trains worse than depth {d0} here (the sets apart, p < 0.05)."
         if not overlap and p is not None and p < 0.05 else
-        f"So: a depth effect is not resolved at n = {n} (the sets overlap or p ≥ 0.05): the "
+        f"So: a depth effect is not resolved at n = {n} ("
+        + ("the sets overlap" if overlap else f"Welch p = {fmt(p, '.3f')} ≥ 0.05") + "): the "
         f"old gap of {old0 - old1:.3f} is the seeds' spread at lr {PAIR_LR:g} (up to "
         f"{max(s0, s1):.3f} within one depth) and a median difference of {m0 - m1:.3f} that "
         f"{n} seeds do not resolve"
