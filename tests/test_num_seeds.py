@@ -276,3 +276,21 @@ def test_sweep_report_of_a_seeds_trial(seeds_workdir, tmp_path):
                  if "eval_accuracy" in r] for i in range(3)]
     assert [step for step, _ in curve] == [10, 20]
     np.testing.assert_allclose([v for _, v in curve], np.mean(per_seed, axis=0), rtol=1e-12)
+
+
+def test_a_program_whose_first_seed_diverged_is_finished_when_the_others_are():
+    from normlab.train.summary import across_seeds
+
+    def seed_summary(step, loss, diverged=False):
+        s = {"step": step, "total_steps": 20, "final": {"train_loss": loss},
+             "best": {"train_loss": loss}, "wall_seconds_this_session": 3.0,
+             "wall_seconds_total": 3.0, "finished": step >= 20}
+        return {**s, "diverged": "nan at step 11"} if diverged else s
+
+    summary = across_seeds([seed_summary(10, 2.0, diverged=True), seed_summary(20, 0.5),
+                            seed_summary(20, 0.7)], [3, 4, 5])
+    assert summary["finished"] and summary["step"] == 20
+    assert summary["seeds"]["diverged"] == [0]
+    assert summary["final"]["train_loss"] == pytest.approx(0.6)  # the diverged seed left out
+    every = across_seeds([seed_summary(10, 2.0, diverged=True)] * 2, [0, 1])
+    assert not every["finished"] and every["step"] == 10

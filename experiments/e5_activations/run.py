@@ -33,7 +33,6 @@ and the deep SELU net's loss is below a third of the ReLU net's from step ~200 t
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from normlab.config import load_config
-from normlab.errors import TrainingInterrupted
 from normlab.nn.activations import make_activation
 from normlab.reports import (
     Report,
@@ -50,7 +48,6 @@ from normlab.reports import (
     Verdict,
     choose_lr,
     final_metric,
-    seed_runs,
     welch_test,
 )
 from normlab.reports.experiment import (
@@ -91,26 +88,6 @@ ALPHA = 0.05  # a difference counts where its two-sided Welch p is below this
 # diverges), the deep SELU/ReLU pair at depth 20
 TINY = {"acts": ("tanh", "relu"), "lrs": (0.1, 0.5), "seeds": (0, 1), "steps": 300,
         "dying_acts": ("relu", "gelu"), "depth": 20}
-
-
-def seeded(args, name: str, spec: str, seeds: Sequence[int], **overrides: Any
-           ) -> list[RunResult]:
-    """`train_seeds`, also where the first seed diverged and the others trained on: the K-seed
-    summary then reports the first seed's stop as the program's (normlab/train/summary.py
-    `across_seeds` reads step and finished from seed 0), which `run_training` takes for an
-    interruption, although every other seed finished. Such a program's seeds are read from
-    their folders (it is retrained under --reuse)."""
-    try:
-        return train_seeds(args, name, spec, seeds, **overrides)
-    except TrainingInterrupted:
-        workdir = args.runs / name
-        summary = json.loads((workdir / "summary.json").read_text())
-        diverged = summary.get("seeds", {}).get("diverged", [])
-        finished = [json.loads((workdir / "seeds" / str(i) / "summary.json").read_text())
-                    ["finished"] for i in range(len(seeds)) if i not in diverged]
-        if 0 not in diverged or not all(finished):
-            raise
-        return seed_runs(RunResult(name, workdir, [], summary, None))
 
 
 def activation_stats_at_init(spec: str, n: int = 256) -> dict[str, list[float]]:
@@ -173,13 +150,13 @@ def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
     def shallow_at(act: str, lr: float, bias: float = 0.0, prefix: str = "") -> list[RunResult]:
         spec = (f"{SHALLOW}:norm=none,act={act},lr={lr},bias_init={bias},steps={steps}"
                 f"{shallow_extra}")
-        return seeded(args, f"{prefix}{act}_lr{lr:g}_seeds{seeds[0]}-{seeds[-1]}", spec, seeds,
+        return train_seeds(args, f"{prefix}{act}_lr{lr:g}_seeds{seeds[0]}-{seeds[-1]}", spec, seeds,
                       **every)
 
     shallow = {(act, lr): shallow_at(act, lr) for act in acts for lr in lrs}
     dying = {act: shallow_at(act, DYING["lr"], DYING["bias_init"], prefix="dying_")
              for act in dying_acts}
-    deep = {label: seeded(args, f"deep_{act}_{init}_seeds{seeds[0]}-{seeds[-1]}",
+    deep = {label: train_seeds(args, f"deep_{act}_{init}_seeds{seeds[0]}-{seeds[-1]}",
                           f"{DEEP}:act={act},init={init},norm=none{deep_extra}", seeds,
                           diag_every_steps=0)  # the deep nets' diagnostics: not reported
             for label, (act, init) in DEEP_NETS.items()}

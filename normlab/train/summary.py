@@ -93,11 +93,13 @@ def across_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, 
             ])
             for name in names
         }
-    first = per_seed[0]  # one program: every seed has the same step and wall times
+    first = per_seed[0]  # one program: every seed has the same wall times
+    # a diverged seed's step is where it stopped; the program went on with the others
+    going = next((s for s in per_seed if "diverged" not in s), first)
     return {
-        "finished": first["step"] >= first["total_steps"],
-        "step": first["step"],
-        "total_steps": first["total_steps"],
+        "finished": going["step"] >= going["total_steps"],
+        "step": going["step"],
+        "total_steps": going["total_steps"],
         "final": {name: v["mean"] for name, v in spread["final"].items()},
         "best": {name: v["mean"] for name, v in spread["best"].items()},
         "num_seeds": len(seeds),
