@@ -35,6 +35,7 @@ from normlab.reports.experiment import (
     parse_experiment_args,
     provenance_line,
     report_results,
+    sibling_module,
 )
 from normlab.reports.runs import _finished_run, read_eval_records, save_eval_records
 from normlab.train.run_info import git_revision
@@ -130,6 +131,17 @@ def test_parse_experiment_args_defaults_and_command(tmp_path):
 def test_load_experiment_unknown_name():
     with pytest.raises(ValueError, match="no experiment name='e99_nothing'; found"):
         load_experiment("e99_nothing")
+
+
+def test_siblings_of_one_name_in_two_experiments_do_not_shadow_each_other(tmp_path):
+    for exp, value in (("ea_one", 1), ("eb_two", 2)):
+        (tmp_path / exp).mkdir()
+        (tmp_path / exp / "helper.py").write_text(f"VALUE = {value}\n")
+    a = sibling_module(tmp_path / "ea_one" / "run.py", "helper")
+    b = sibling_module(tmp_path / "eb_two" / "run.py", "helper")
+    assert (a.VALUE, b.VALUE) == (1, 2) and a.__name__ != b.__name__
+    with pytest.raises(ValueError, match="no nothing.py beside run.py"):
+        sibling_module(tmp_path / "ea_one" / "run.py", "nothing")
 
 
 def _digits_config(*overrides):

@@ -48,11 +48,7 @@ Verdict rules (fixed before the run):
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -63,23 +59,14 @@ from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
     record_runs,
+    sibling_module,
     train_seeds,
 )
 from normlab.reports.probes import preacts_at_init
 from normlab.sample_stats import wilson_interval
 
-
-def _sibling(name: str) -> ModuleType:
-    """experiments/e2_depth/<name>.py (this file runs outside a package: loaded by path)."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"normlab_experiment_e2_depth_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-e2report = _sibling("report")  # the report step: results.json in, report.md and verdicts out
+# the report step: results.json in, report.md and verdicts out
+e2report = sibling_module(__file__, "e2_report")
 CONFIG, INITS, PLATEAU, PAIR_LR, key = (e2report.CONFIG, e2report.INITS, e2report.PLATEAU,
                                         e2report.PAIR_LR, e2report.key)
 verdicts, write_report = e2report.verdicts, e2report.write_report

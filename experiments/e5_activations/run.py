@@ -33,9 +33,7 @@ and the deep SELU net's loss is below a third of the ReLU net's from step ~200 t
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,14 +52,15 @@ from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
     record_runs,
+    sibling_module,
     train_seeds,
 )
 from normlab.reports.probes import preacts_at_init
 from normlab.sample_stats import mean_ci
 from normlab.train.diagnostics import LINEAR, SATURATING
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # e5_report.py beside this file
-from e5_report import layer_fractions, write_report  # noqa: E402
+e5_report = sibling_module(__file__, "e5_report")  # the report step
+layer_fractions, write_report = e5_report.layer_fractions, e5_report.write_report
 
 SHALLOW = "configs/e4_bn_mnist.py"
 DEEP = "configs/e2_depth.py"

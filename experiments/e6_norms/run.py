@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from normlab.reports.experiment import (
     parse_experiment_args,
     record_runs,
     report_results,
+    sibling_module,
     train_config,
 )
 from normlab.reports.runs import code_digest
@@ -55,8 +55,7 @@ from normlab.train import inputs
 from normlab.train.diagnostics import collect_preacts, power_decomposition
 from normlab.train.saved import load_saved
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import e6_power  # noqa: E402  (the experiment's own module, beside this script)
+e6_power = sibling_module(__file__, "e6_power")  # the random nets' power measures
 
 CONFIG = "configs/e6_norms.py"
 # label: config overrides; GN (and EvoNorm-S0) use 8 groups (configs/e6_norms.py).

@@ -25,9 +25,7 @@ and Welch tests (p < `ALPHA`) wherever a verdict compares two methods.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,12 +43,14 @@ from normlab.reports.experiment import (
     load_results,
     parse_experiment_args,
     record_runs,
+    sibling_module,
     train_seeds,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # e8_report.py beside this file
+e8_report = sibling_module(__file__, "e8_report")  # the report step
 # verdicts: the report step's, read by tests/test_results_guard.py from this module
-from e8_report import CONFIG, LADDER, verdicts, write_report  # noqa: E402, F401
+CONFIG, LADDER, verdicts, write_report = (e8_report.CONFIG, e8_report.LADDER, e8_report.verdicts,
+                                          e8_report.write_report)
 
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01,
               "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}

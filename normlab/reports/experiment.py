@@ -226,7 +226,26 @@ def load_experiment(name: str) -> ModuleType:
     if not path.is_file():
         found = sorted(p.parent.name for p in experiments_dir().glob("*/run.py"))
         raise ValueError(f"load_experiment: no experiment name={name!r}; found {found}")
-    spec = importlib.util.spec_from_file_location(f"normlab_experiment_{name}", path)
+    return _load_by_path(path, f"normlab_experiment_{name}")
+
+
+def sibling_module(script: str | Path, name: str) -> ModuleType:
+    """The module `name`.py beside an experiment's run.py (`script`: its `__file__`), e.g. its
+    report step. Loaded by path under a name unique to the experiment: every run.py is a script
+    outside a package, and two experiments' siblings of one name in one process (the test suite)
+    must not shadow each other as `sys.path` imports would.
+
+        e2_report = sibling_module(__file__, "e2_report")
+    """
+    folder = Path(script).resolve().parent
+    path = folder / f"{name}.py"
+    if not path.is_file():
+        raise ValueError(f"sibling_module: no {name}.py beside {Path(script).name} in {folder}")
+    return _load_by_path(path, f"normlab_experiment_{folder.name}_{name}")
+
+
+def _load_by_path(path: Path, module_name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     # registered before it runs, as an import would: dataclasses look their module up there
     sys.modules[spec.name] = module
