@@ -1,10 +1,13 @@
-"""E4 tiny (digits, 600 steps, lr 0.5): the paper's comparison at one lr. With BN the same
-sigmoid net has the higher test accuracy at every evaluation after the first few hundred steps
-and reaches 90% while the baseline does not; BN's sigmoid input percentiles move less."""
+"""E4 tiny (digits, 600 steps, lr 0.5, 2 seeds): the paper's comparison at one lr. With BN the
+same sigmoid net's seed-mean test accuracy is above the baseline's at every evaluation after
+step 300, its final accuracy is higher, and it reaches 90% while the baseline does not;
+each verdict is the one its numbers give."""
 
 import json
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from normlab.reports.experiment import load_experiment
 
@@ -15,24 +18,33 @@ def e4(tmp_path_factory):
     return load_experiment("e4_bn_mnist").main(["--tiny", "--out", str(out)]), out
 
 
-def test_bn_is_ahead_throughout_and_reaches_90_percent_first(e4):
+def test_bn_is_ahead_after_step_300_and_reaches_90_percent_first(e4):
     results, _ = e4
-    lr = results["lr_star"]
-    plain, bn = results["nets"][f"no BN (lr {lr:g})"], results["nets"][f"BN (lr {lr:g})"]
-    assert bn["final_test_accuracy"] > plain["final_test_accuracy"] + 0.1
-    late = [(a, b) for s, a, b in zip(bn["steps"], plain["test_accuracy"], bn["test_accuracy"],
-                                      strict=True) if s >= 300]
-    assert late and all(b > a for a, b in late)
-    assert bn["steps_to"]["0.9"] is not None and plain["steps_to"]["0.9"] is None
+    plain, bn = results["settings"]["no BN @ 0.5"], results["settings"]["BN @ 0.5"]
+    assert plain["n"] == bn["n"] == 2 and not any(plain["diverged"] + bn["diverged"])
+    steps = np.asarray(bn["steps"])
+    gap = np.mean(bn["test_accuracy"], axis=0) - np.mean(plain["test_accuracy"], axis=0)
+    assert np.all(gap[steps > 300] > 0)
+    assert min(bn["final_test"]) > max(plain["final_test"]) + 0.1
+    assert all(s is not None for s in bn["steps_to"]["0.9"])
+    assert all(s is None for s in plain["steps_to"]["0.9"])
+    median, low, high, reached = bn["steps_to_median_ci"]["0.9"]
+    assert reached == 2 and low <= median <= high < np.inf
+    assert plain["steps_to_median_ci"]["0.9"][0] == np.inf
 
 
 def test_verdicts_follow_from_the_numbers(e4):
     results, out = e4
     verdicts = {v["claim"].split(" (")[0]: v for v in results["verdicts"]}
-    assert verdicts["BN's test accuracy is higher throughout"]["verdict"] == "reproduced"
+    # ahead after step 300 (the test above); the final Welch test decides "reproduced"
+    plain, bn = results["settings"]["no BN @ 0.5"], results["settings"]["BN @ 0.5"]
+    p = stats.ttest_ind(bn["final_test"], plain["final_test"], equal_var=False).pvalue
+    expected = "reproduced" if p < 0.05 else "partly reproduced"
+    assert verdicts["BN's test accuracy is higher throughout"]["verdict"] == expected
     assert verdicts["BN reaches 90% in fewer steps"]["verdict"] == "reproduced"
+    assert "BN allows a higher lr" not in verdicts  # no high-lr runs in the tiny setting
     text = (out / "report.md").read_text()
-    assert "| BN reaches 90% in fewer steps (lr 0.5) |" in text and "preliminary:" in text
+    assert "| BN reaches 90% in fewer steps (lr* 0.5) |" in text
     saved = json.loads((out / "results.json").read_text())
     assert saved["verdicts"] == results["verdicts"]
     for name in ("test_accuracy.png", "sigmoid_input_percentiles.png"):
