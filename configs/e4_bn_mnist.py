@@ -19,8 +19,9 @@ starts units off with a negative one), batch (default 60; a multiple of the devi
 mesh's data axis), steps (default 50,000), seed, dataset (mnist or digits; digits has no
 validation split: val is its test split), runlocal.
 
-Expected: norm=batch reaches higher test accuracy than norm=none throughout and reaches 95%
-in far fewer steps; see experiments/e4_bn_mnist/report.md.
+Expected (measured at 4,000 steps, lr 2, 5 seeds; experiments/e4_bn_mnist/report.md):
+norm=batch and norm=none end within 0.002 test accuracy (0.9676 vs 0.9661); at lr 10 BN
+trains (0.965) while plain seeds may stay at chance; at lr 60 both stay at chance.
 """
 
 import sys
