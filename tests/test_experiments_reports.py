@@ -182,6 +182,24 @@ def test_run_training_trains_reuses_and_records_divergence(tmp_path):
     assert all(math.isfinite(r["train_loss"]) for r in reread.records if r.get("train_loss"))
 
 
+def test_code_digest_sees_training_code_not_reports_or_benchmarks(tmp_path, monkeypatch):
+    from normlab.reports import runs
+
+    for rel in ("normlab/nn/a.py", "normlab/reports/b.py", "normlab/bench/c.py", "configs/d.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    monkeypatch.setattr(runs, "_ROOT", tmp_path)
+    digest = runs.code_digest.__wrapped__  # uncached: the tree changes below
+    before = digest()
+    for rel in ("normlab/reports/b.py", "normlab/bench/c.py"):
+        (tmp_path / rel).write_text("x = 2\n")
+    assert digest() == before
+    for rel in ("normlab/nn/a.py", "configs/d.py"):
+        (tmp_path / rel).write_text("x = 2\n")
+        assert digest() != before
+        before = digest()
+
+
 def test_an_interrupted_run_is_not_returned_as_a_result(tmp_path):
     """SIGINT mid-run: train() saves and returns an unfinished summary; run_training raises."""
     config = _digits_config("total_steps=1000000")

@@ -42,17 +42,18 @@ CODE = "code.json"
 # of a report cite
 EVAL_PREFIXES = ("eval_", "val_", "test_", "fit_", "diag/")
 _ROOT = Path(__file__).resolve().parents[2]
-# the code a run's numbers depend on; normlab/reports only reads runs back, so editing a report
-# does not make its finished runs stale
+# the code a run's numbers depend on; normlab/reports only reads runs back and normlab/bench only
+# times things, so editing a report or a benchmark does not make finished runs stale
 _TRAINING_CODE = ("normlab", "configs")
-_NOT_TRAINING_CODE = ("normlab/reports",)
+_NOT_TRAINING_CODE = ("normlab/reports", "normlab/bench")
 
 
 @functools.cache
 def code_digest() -> str:
     """sha256 (16 hex digits) of the training code: every .py file under normlab/ (but
-    normlab/reports) and configs/, path and bytes. Content, not the git revision: an edit left
-    uncommitted changes it too, and a commit that touches only docs or reports does not."""
+    normlab/reports and normlab/bench) and configs/, path and bytes. Content, not the git
+    revision: an edit left uncommitted changes it too, and a commit that touches only docs,
+    reports or benchmarks does not."""
     digest = hashlib.sha256()
     for top in _TRAINING_CODE:
         for path in sorted((_ROOT / top).rglob("*.py")):
