@@ -118,6 +118,23 @@ def test_report_and_figure_errors(tmp_path):
         new_figure(0)
 
 
+def test_plot_draws_or_embeds_the_saved_figure(tmp_path):
+    def draw():
+        fig, axes = new_figure(1)
+        plot_curves(axes[0], {"a": ([1, 2], [1.0, 0.5])}, xlabel="step", ylabel="loss")
+        return fig
+
+    first = Report("T", tmp_path)
+    first.plot("curves.png", "The curves", draw)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    again = Report("T", tmp_path)  # from results.json alone: the saved figure, marked as such
+    again.plot("curves.png", "The curves", None)
+    assert "*The curves (drawn by the training session, not from results.json)*" in (
+        again.write().read_text())
+    with pytest.raises(ValueError, match="no other.png in .*; rerun the experiment"):
+        again.plot("other.png", "Other", None)
+
+
 def test_parse_experiment_args_defaults_and_command(tmp_path):
     script = REPO / "experiments" / "e1_init_stats" / "run.py"
     args = parse_experiment_args("E1: doc.", script, ["--tiny", "--out", str(tmp_path)])

@@ -322,9 +322,8 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
                 "each example normalized with its own scope's statistics), mean over seeds.")
     caption = ("Test accuracy and training loss vs step for each BN statistics scope (8 devices "
                "× 4 examples)")
-    if runs is None:
-        report.existing_figure("scopes.png", caption)
-    else:
+
+    def draw():
         fig, axes = new_figure(2)
         plot_curves(axes[0], {label: runs[label, seeds[0]].series("test_accuracy")
                               for label in scopes}, xlabel="step", ylabel="test accuracy",
@@ -332,7 +331,9 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
         plot_curves(axes[1], {label: runs[label, seeds[0]].series("train_loss")
                               for label in scopes}, xlabel="step",
                     ylabel="train loss (train mode)", logy=True)
-        report.figure(fig, "scopes.png", caption)
+        return fig
+
+    report.plot("scopes.png", caption, None if runs is None else draw)
 
     report.heading("Step time")
     report.table(["setup (batch 32)", "ms/step"], [[k, v] for k, v in step_ms.items()],

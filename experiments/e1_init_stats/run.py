@@ -248,12 +248,9 @@ def write_report(report: Report, stored: dict[str, Any], h: dict[str, Any] | Non
     caption = (f"Histograms of the activations of every layer, seed {seeds[0]} (rows: setups, "
                "columns: layers; tanh panels span [−1, 1]; ReLU panels show the positive values "
                "only, on a range shared along the row)")
-    if h is None:
-        report.existing_figure("histograms.png", caption)
-    else:
-        first = {k: {"mean": r["mean"][0], "std": r["std"][0], "h": h[k]}
-                 for k, r in results.items()}
-        report.figure(_histograms(first, depth), "histograms.png", caption)
+    report.plot("histograms.png", caption, None if h is None else lambda: _histograms(
+        {k: {"mean": r["mean"][0], "std": r["std"][0], "h": h[k]} for k, r in results.items()},
+        depth))
     report_results(report, stored, claims)
 
 

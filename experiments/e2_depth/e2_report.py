@@ -4,6 +4,7 @@ docstring."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,13 +63,14 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
 
     report.heading("At init: pre-activation std by layer")
     caption = f"Pre-activation std by layer at init, no BN (256 training images, mean of {n} seeds)"
-    if curves is None:
-        report.existing_figure("preact_std_at_init.png", caption)
-    else:
+
+    def draw_init_std():
         fig, axes = new_figure(1)
         plot_curves(axes[0], {k: (list(range(1, len(v) + 1)), v) for k, v in init_std.items()},
                     xlabel="layer", ylabel="std of the pre-activation", logy=True)
-        report.figure(fig, "preact_std_at_init.png", caption)
+        return fig
+
+    report.plot("preact_std_at_init.png", caption, None if curves is None else draw_init_std)
     depth = len(next(iter(init_std.values())))
     report.table(["init", "layer 1", f"layer {depth}", "factor per layer"],
                  [[k, v[0], v[-1], per_layer_factor(v)] for k, v in init_std.items()],
@@ -89,10 +91,8 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
                 f"of 100 steps). IQR: 25th–75th percentile over the {n} seeds.")
     caption = (f"Fraction of {n} seeds off the plateau by step {steps} (Wilson 95% bars) and "
                "median test accuracy (dots: each seed), by depth")
-    if curves is None:
-        report.existing_figure("grid.png", caption)
-    else:
-        report.figure(_grid_figure(setup, grid), "grid.png", caption)
+    report.plot("grid.png", caption,
+                None if curves is None else functools.partial(_grid_figure, setup, grid))
 
     if results["pair"]:
         _pair_section(report, results, curves)
@@ -112,14 +112,15 @@ def _pair_section(report: Report, results: dict[str, Any], curves: dict | None) 
           _iqr(p["accuracy_quartiles"], ".3f"), f"{p['left']}/{p['n']}",
           fmt(p["seed0_accuracy_at_grid_steps"], ".3f")] for d, p in pair.items()])
     caption = f"Train loss of each seed, Kaiming, plain, lr {PAIR_LR:g}"
-    if curves is None:
-        report.existing_figure("e2_vs_e5.png", caption)
-    else:
+
+    def draw_pair():
         fig, axes = new_figure(len(curves["pair"]))
         for ax, (d, runs) in zip(axes, curves["pair"].items(), strict=True):
             plot_curves(ax, {f"seed {s}": c for s, c in zip(setup["seeds"], runs, strict=True)},
                         xlabel="step", ylabel="train loss", title=f"depth {d}", logy=True)
-        report.figure(fig, "e2_vs_e5.png", caption)
+        return fig
+
+    report.plot("e2_vs_e5.png", caption, None if curves is None else draw_pair)
     report.text(_pair_text(results))
 
 

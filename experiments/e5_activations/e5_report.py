@@ -4,6 +4,7 @@ it (a name no other experiment's module has: several experiments load in one tes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,28 +126,8 @@ def _part1(report: Report, results: dict[str, Any], runs: dict | None, n: int,
         + _grid_edge(shallow, setup["lrs"]))
     caption = (f"Test accuracy, saturation and dead units over training, mean over the {n} "
                "seeds, each activation at its lr chosen on validation")
-    if runs is None:
-        report.existing_figure("activations.png", caption)
-        return
-    best = runs["shallow"]
-    acts = list(best)
-    fig, axes = new_figure(3)
-    # one color and line style per activation, the same in every panel (12 > 10 colors)
-    styles = {act: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
-              for i, act in enumerate(acts)}
-    plot_curves(axes[0], {a: seed_mean(best[a], "test_accuracy") for a in acts},
-                xlabel="step", ylabel="test accuracy (seed mean)", ylim=(0.8, 1.0),
-                styles=styles)
-    plot_curves(axes[1], {a: seed_mean(best[a], "", lambda r: unit_fraction(
-        r, "saturated_fraction")) for a in acts if a in SATURATING},
-                xlabel="step", ylabel="saturated fraction", styles=styles)
-    plot_curves(axes[2], {a: seed_mean(best[a], "", lambda r: unit_fraction(
-        r, "dead_fraction")) for a in acts if shallow[a]["measure"] == "dead_fraction"},
-                xlabel="step", ylabel="dead-unit fraction", styles=styles)
-    for ax in (axes[0], axes[2]):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="x-small", ncols=2)
-    report.figure(fig, "activations.png", caption)
+    report.plot("activations.png", caption,
+                None if runs is None else functools.partial(_activations_figure, runs, shallow))
 
 
 def _corrected(rank: dict[str, Any], alpha: float) -> str:
@@ -199,16 +180,8 @@ def _dying(report: Report, results: dict[str, Any], runs: dict | None, n: int) -
                  rows)
     caption = ("Dead-unit fraction per hidden layer over training under the provocation, "
                "mean over the seeds that trained")
-    if runs is None:
-        report.existing_figure("dying_relu.png", caption)
-        return
-    fig, axes = new_figure(max(layers, 1))
-    for i, ax in enumerate(axes):
-        plot_curves(ax, {a: seed_mean(rs, "", lambda r, i=i: (
-            layer_fractions(r, "dead_fraction")[0],
-            layer_fractions(r, "dead_fraction")[1][i])) for a, rs in runs["dying"].items()},
-            xlabel="step", ylabel="dead fraction", title=f"layer {i + 1}")
-    report.figure(fig, "dying_relu.png", caption)
+    report.plot("dying_relu.png", caption,
+                None if runs is None else functools.partial(_dying_relu_figure, runs, layers))
 
 
 def _deep(report: Report, results: dict[str, Any], runs: dict | None, n: int) -> None:
@@ -231,16 +204,51 @@ def _deep(report: Report, results: dict[str, Any], runs: dict | None, n: int) ->
     caption = (f"Deep nets without normalization: activation std by layer at init (256 "
                f"standardized training images, mean over the {n} seeds' inits) and the train "
                "loss (seed mean)")
-    if runs is None:
-        report.existing_figure("deep_selu.png", caption)
-        return
+    report.plot("deep_selu.png", caption,
+                None if runs is None else functools.partial(_deep_selu_figure, runs, init))
+
+
+
+def _activations_figure(runs: dict[str, Any], shallow: dict[str, Any]) -> Any:
+    best = runs["shallow"]
+    acts = list(best)
+    fig, axes = new_figure(3)
+    # one color and line style per activation, the same in every panel (12 > 10 colors)
+    styles = {act: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
+              for i, act in enumerate(acts)}
+    plot_curves(axes[0], {a: seed_mean(best[a], "test_accuracy") for a in acts},
+                xlabel="step", ylabel="test accuracy (seed mean)", ylim=(0.8, 1.0),
+                styles=styles)
+    plot_curves(axes[1], {a: seed_mean(best[a], "", lambda r: unit_fraction(
+        r, "saturated_fraction")) for a in acts if a in SATURATING},
+                xlabel="step", ylabel="saturated fraction", styles=styles)
+    plot_curves(axes[2], {a: seed_mean(best[a], "", lambda r: unit_fraction(
+        r, "dead_fraction")) for a in acts if shallow[a]["measure"] == "dead_fraction"},
+                xlabel="step", ylabel="dead-unit fraction", styles=styles)
+    for ax in (axes[0], axes[2]):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small", ncols=2)
+    return fig
+
+
+def _dying_relu_figure(runs: dict[str, Any], layers: int) -> Any:
+    fig, axes = new_figure(max(layers, 1))
+    for i, ax in enumerate(axes):
+        plot_curves(ax, {a: seed_mean(rs, "", lambda r, i=i: (
+            layer_fractions(r, "dead_fraction")[0],
+            layer_fractions(r, "dead_fraction")[1][i])) for a, rs in runs["dying"].items()},
+            xlabel="step", ylabel="dead fraction", title=f"layer {i + 1}")
+    return fig
+
+
+def _deep_selu_figure(runs: dict[str, Any], init: dict[str, Any]) -> Any:
     fig, axes = new_figure(2)
     plot_curves(axes[0], {k: (list(range(1, len(v["std_by_layer"]) + 1)), v["std_by_layer"])
                           for k, v in init.items()},
                 xlabel="layer", ylabel="std of the activations at init", logy=True)
     plot_curves(axes[1], {k: seed_mean(rs, "train_loss") for k, rs in runs["deep"].items()},
                 xlabel="step", ylabel="train loss", logy=True)
-    report.figure(fig, "deep_selu.png", caption)
+    return fig
 
 
 def _rules(setup: dict[str, Any]) -> str:

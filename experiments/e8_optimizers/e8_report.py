@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,11 +141,8 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
                 f"the whole program's; the curves are {_seeds_text(search[:1])}'s.")
     ylim = None if tiny else (0.75, 0.92)
     caption = "Training loss and test accuracy vs step, each optimizer at its best lr"
-    if curves is None:
-        report.existing_figure("optimizers.png", caption)
-    else:
-        report.figure(_curves_figure(curves["optimizers"], "each optimizer at its lr*", ylim),
-                      "optimizers.png", caption)
+    report.plot("optimizers.png", caption, None if curves is None else functools.partial(
+        _curves_figure, curves["optimizers"], "each optimizer at its lr*", ylim))
 
     schedule_opt = results["schedule_optimizer"]
     report.heading(f"Schedules ({schedule_opt}, base lr {' or '.join(bases)}; n={n})")
@@ -169,11 +167,8 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
          for s, k in sched_numbers.items() if s != "constant"])
     caption = ("Learning rate, training loss and test accuracy vs step for each schedule at its "
                "chosen base lr")
-    if curves is None:
-        report.existing_figure("schedules.png", caption)
-    else:
-        report.figure(_curves_figure(curves["schedules"], f"{schedule_opt}: schedules", ylim,
-                                     lr_panel=True), "schedules.png", caption)
+    report.plot("schedules.png", caption, None if curves is None else functools.partial(
+        _curves_figure, curves["schedules"], f"{schedule_opt}: schedules", ylim, lr_panel=True))
     report_results(report, results, claims)
 
 

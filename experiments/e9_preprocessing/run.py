@@ -342,9 +342,8 @@ def write_report(report: Report, results: dict[str, Any], best: dict | None) -> 
     caption = ("Training loss and validation accuracy at each preprocessing's best learning "
                f"rate (seed {seeds[0]}), and the final training loss (seed mean) at every "
                "rate tried")
-    if best is None:
-        report.existing_figure("convergence.png", caption)
-    else:
+
+    def draw():
         fig, axes = new_figure(3)
         plot_curves(axes[0], {f"{p} (lr {best_lr[p]:g})": best[p][0].series("train_loss")
                               for p in preps}, xlabel="step", ylabel="training loss", logy=True)
@@ -358,7 +357,9 @@ def write_report(report: Report, results: dict[str, Any], best: dict | None) -> 
                               for p, (x, y) in curves.items()},
                     xlabel="learning rate", ylabel="final training loss", logy=True)
         axes[2].set_xscale("log")
-        report.figure(fig, "convergence.png", caption)
+        return fig
+
+    report.plot("convergence.png", caption, None if best is None else draw)
 
     report.heading("Loss change under a small random perturbation of the weights")
     report.text(

@@ -18,7 +18,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,15 @@ class Report:
                              "experiment (without --report-only) to draw it")
         self._body.append(f"![{caption}]({filename})\n\n*{caption} (drawn by the training "
                           "session, not from results.json)*")
+
+    def plot(self, filename: str, caption: str, draw: Callable[[], Any] | None) -> None:
+        """Embeds the figure `draw()` returns, saved as `out_dir/filename`; with `draw=None` (a
+        report rendered from results.json alone: no curves to draw from) the one an earlier
+        training session saved there (`existing_figure`)."""
+        if draw is None:
+            self.existing_figure(filename, caption)
+        else:
+            self.figure(draw(), filename, caption)
 
     def save_json(self, filename: str, data: Mapping[str, Any]) -> Path:
         """Writes `data` (the numbers behind the tables and plots) as `out_dir/filename`."""
