@@ -3,7 +3,11 @@
     normlab train --config configs/e3_residual_init.py:norm=none,residual_init=standard --workdir W
     normlab train --config configs/e3_residual_init.py:norm=none,residual_init=zero_init_last \\
         --workdir W
-    python experiments/e3_residual_init/run.py        # all four runs + the at-init variance plot
+
+The training part of E3 (experiments/e3_residual_init/run.py measures only the net at init):
+issue 18's controls are both lrs 0.1 and 0.02 for every {none, batch} × {standard,
+zero_init_last}, ≥ 1,000 steps (steps=1000), 5 seeds (num_seeds=5) and BN evaluated after
+recomputing its statistics on training batches — ~41 h on the 2-core CPU, a GPU job not yet run.
 
 The recipe of configs/cifar10_resnet.py (CIFAR-10, 45k/5k split, Nesterov momentum 0.9, L2 5e-4,
 flip + crop, per-channel standardization) but a constant learning rate (early training is the
@@ -14,10 +18,11 @@ Arguments: model (default resnet56), width (width multiplier, default 0.5: 8/16/
 norm (none or batch, ...), residual_init (standard, zero_init_last, fixup, skipinit), lr
 (default 0.1), batch (128), steps (default 300), seed, dataset (cifar10 or digits), runlocal.
 
-Expected: without normalization the standard init's residual stream grows ~2× per block, so
-the net starts with huge logits and a loss far above ln 10 that it takes many steps to recover
-from (or diverges), while zero_init_last starts at ln 10 and trains at once; with BN both
-train, zero_init_last a little faster at first. See experiments/e3_residual_init/report.md.
+Expected (the claim, not measured with these controls): without normalization the standard
+init starts with a loss far above ln 10 (measured at init, 5 seeds: see
+experiments/e3_residual_init/report.md) that it takes many steps to recover from, while
+zero_init_last starts near ln 10 and trains at once; with BN both train, zero_init_last a little
+faster at first.
 """
 
 import sys
