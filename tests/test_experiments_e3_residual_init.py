@@ -53,8 +53,9 @@ def test_loss_at_init_chance_with_zero_init_far_above_without(e3):
     np.testing.assert_allclose(loss["v2, no norm, zero_init_last"], math.log(10), atol=1.0)
     assert np.all(loss["v2, no norm, standard (MSRA)"] > math.log(10) + 5)
     shown = [v["verdict"] for v in results["verdicts"]]
-    # the loss verdict's CI rule needs more than the tiny run's 2 seeds: not asserted here
     assert shown[:3] == ["reproduced"] * 3 and shown[4] == "not tested", shown
+    # MSRA far above in every seed (asserted above): at least partly; "at chance" is ±0.5
+    assert shown[3] in ("reproduced", "partly reproduced"), shown
     text = (out / "report.md").read_text()
     assert "| zero_init_last: every block is the identity at init |" in text
     assert "preliminary: reproduced" in text  # n = 2
