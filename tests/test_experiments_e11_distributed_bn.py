@@ -4,6 +4,7 @@ compute the same steps."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from normlab.reports.experiment import load_experiment
@@ -40,14 +41,15 @@ def test_e11_tiny_global_statistics_win_and_modes_agree(tmp_path, monkeypatch):
         assert (out / name).exists()
 
 
-def _agreement_verdict(e11, by_start: dict[str, dict[str, float]]):
+def _agreement_verdict(e11, by_start: dict[str, dict[str, float]], partings=()):
     """The agreement claim's verdict for one setting's max |Δparam| per start and layout."""
     agreement = {"BN, global": {layout: {"steps": [10], "params": [d]}
                                 for layout, d in by_start["0"].items()}}
     results = {"scopes": {"global": {"examples": 32, "test_accuracy": [0.86]},
                           "per_device": {"examples": 4, "test_accuracy": [0.82]}},
                "agreement": agreement,
-               "agreement_starts": {seed: {"BN, global": d} for seed, d in by_start.items()}}
+               "agreement_starts": {seed: {"BN, global": d} for seed, d in by_start.items()},
+               "partings": list(partings)}
     (claim,) = [v for v in e11.verdicts(results) if v.claim.startswith("The parallel modes")]
     return claim
 
@@ -67,3 +69,38 @@ def test_e11_agreement_verdict_follows_every_start():
     # the same layout beyond the bound from most starts: a layout error, not one rounding event
     claim = _agreement_verdict(e11, {"0": event, "1": event, "2": fine})
     assert claim.verdict == "not reproduced"
+
+
+def _parting(seed, kink):
+    return {"seed": seed, "setting": "BN, global", "layout": "data 4 × model 2", "step": 2,
+            "max_dparam": 4.5e-5, "dparam_at": ["layer_01", 74, "kernel"],
+            "smallest_preact": -2.6e-6 if kink else -1.7e-4, "preact_at": ["layer_01", 21, 74],
+            "kink": kink}
+
+
+def test_an_exceedance_explained_by_a_rounding_flipped_relu_does_not_count():
+    e11 = load_experiment("e11_distributed_bn")
+    c = e11.CONTROL
+    fine = {"data 8 (jit)": 2e-7, "data 4 × model 2": 1e-6, c: 3e-7}
+    event = {"data 8 (jit)": 2e-7, "data 4 × model 2": 4.9e-3, c: 3e-7}
+    claim = _agreement_verdict(e11, {"0": event, "1": fine, "2": fine}, [_parting(0, True)])
+    assert claim.verdict == "reproduced"
+    assert "rounding-flipped ReLU" in claim.evidence and "-2.6e-06" in claim.evidence
+    # a parting that is not at a ReLU input within rounding of 0 still counts
+    claim = _agreement_verdict(e11, {"0": event, "1": fine, "2": fine}, [_parting(0, False)])
+    assert claim.verdict == "partly reproduced"
+    # seed 0's is explained, seed 1's is not: one start of three left against the claim
+    claim = _agreement_verdict(e11, {"0": event, "1": event, "2": fine}, [_parting(0, True)])
+    assert claim.verdict == "partly reproduced" and claim.evidence.count("rounding-flipped") == 1
+
+
+def test_largest_parameter_difference_names_its_layer_and_unit():
+    e11 = load_experiment("e11_distributed_bn")
+    a = {"head": {"kernel": np.zeros((4, 3))},
+         "layer_00": {"dense": {"kernel": np.zeros((5, 4))}, "norm": {"bias": np.zeros(4)}}}
+    b = {"head": {"kernel": np.full((4, 3), 1e-7)},
+         "layer_00": {"dense": {"kernel": np.zeros((5, 4))}, "norm": {"bias": np.zeros(4)}}}
+    b["layer_00"]["dense"]["kernel"][2, 3] = -4e-5  # input 2 → unit 3 of layer_00
+    d, layer, unit, leaf = e11._unit_of_largest(a, b)
+    assert (layer, unit) == ("layer_00", 3) and d == pytest.approx(4e-5)
+    assert leaf == "['layer_00']['dense']['kernel']"

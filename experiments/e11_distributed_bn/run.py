@@ -12,7 +12,10 @@ builds it): from three starts (seeds 0, 1, 2: initial state and data order), 1 d
 data parallel (jit and pmap), 4 data × 2 model (tensor parallel) and 4 data × 2 stages (GPipe),
 with BN (global scope, ghost batches of 4) and GN + Proxy Norm; the largest differences of the
 losses, parameters and running statistics from the 1-device run after 10 and after 100 steps
-(seed 0's start) and after 10 steps (every start: the verdict).
+(seed 0's start) and after 10 steps (every start: the verdict). A layout beyond its bound is
+stepped again one step at a time to find where it parts from the 1-device run (`parting`): a
+ReLU input within rounding of 0 at the unit that parts most is a rounding event, not the
+layout's error.
 
 The devices are 8 fake CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`, set
 here before JAX is imported) sharing this machine's cores: their step times measure the
@@ -51,15 +54,17 @@ from normlab.reports.experiment import (  # noqa: E402
     train_seeds,
 )
 from normlab.reports.stats import final_metric  # noqa: E402
+from normlab.train.diagnostics import collect_preacts  # noqa: E402
 from normlab.train.run import Run, build_run  # noqa: E402
 
 e11_report = sibling_module(__file__, "e11_report")  # the report step
 # verdicts: the report step's, read by tests/test_results_guard.py from this module
-verdicts, write_report, first_chunk = (e11_report.verdicts, e11_report.write_report,
-                                       e11_report.first_chunk)
-CONFIG, SEEDS, SUBSET, CONTROL, AGREE_TOL = (e11_report.CONFIG, e11_report.SEEDS,
-                                             e11_report.SUBSET, e11_report.CONTROL,
-                                             e11_report.AGREE_TOL)
+verdicts, write_report, first_chunk, exceedances = (
+    e11_report.verdicts, e11_report.write_report, e11_report.first_chunk, e11_report.exceedances)
+CONFIG, SEEDS, SUBSET, CONTROL, AGREE_TOL, KINK_TOL = (
+    e11_report.CONFIG, e11_report.SEEDS, e11_report.SUBSET, e11_report.CONTROL,
+    e11_report.AGREE_TOL, e11_report.KINK_TOL)
+PART_TOL = e11_report.PART_TOL
 
 DEVICES = 8
 SCOPES = {  # label: (config arguments, examples behind one set of statistics, at 4 per device)
@@ -187,6 +192,57 @@ def agreement(
     return results, setups
 
 
+def _unit_of_largest(a: Any, b: Any) -> tuple[float, str, int, str]:
+    """(max |a − b|, its top-level layer, its unit: the index along the leaf's last axis, the
+    leaf's path) over two parameter trees of the same structure."""
+    best = (-1.0, "", -1, "")
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
+                            strict=True):
+        d = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+        if d.size and d.max() > best[0]:
+            where = np.unravel_index(int(np.argmax(d)), d.shape)
+            best = (float(d.max()), str(path[0].key), int(where[-1]),
+                    jax.tree_util.keystr(path))
+    return best
+
+
+def parting(setting: str, layout: str, tiny_arg: str, seed: int, steps: int) -> dict[str, Any]:
+    """Where `layout`'s run parts from the 1-device run, stepping both one step at a time
+    from the start of `seed` for up to `steps` steps: the first step after which a parameter
+    differs by more than PART_TOL; the 1-device run's smallest |pre-activation| on that step's
+    batch (its layer, example and unit); and where the parameters then differ most. A ReLU
+    input within rounding of 0 can take either sign under another summation order, which
+    changes that unit's gradient for that one example: `kink` is True when the smallest
+    |pre-activation| is below KINK_TOL and is at the unit whose parameters part the most."""
+    spec, ref_spec = (f"{s}{tiny_arg},seed={seed}" for s in SETTINGS[setting])
+    reference = prepare(_config(ref_spec, LAYOUTS["1 device"][0]), 1)
+    initial = jax.device_get(reference.run.canonical())
+    overrides, devices = LAYOUTS[layout]
+    other = prepare(_config(spec, overrides), devices, initial)
+    run, images = reference.run, np.asarray(reference.run.data.train_images)
+    for step in range(steps):
+        state = jax.device_get(run.canonical())
+        x = run.preprocessor(images[run.data.sampler.batch_indices(step)])
+        _, mutated = run.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                     x, train=True, mutable=["intermediates", "batch_stats"])
+        preacts = {path.split("/")[0]: np.asarray(z) for path, z in
+                   collect_preacts(mutated["intermediates"]).items()}
+        reference.advance(1)
+        other.advance(1)
+        d, layer, unit, leaf = _unit_of_largest(jax.device_get(run.canonical()).params,
+                                                jax.device_get(other.run.canonical()).params)
+        if d > PART_TOL:
+            z_layer = min(preacts, key=lambda k: np.abs(preacts[k]).min())
+            z = preacts[z_layer]
+            example, z_unit = np.unravel_index(int(np.argmin(np.abs(z))), z.shape)
+            smallest = float(z[example, z_unit])
+            return {"step": step + 1, "max_dparam": d, "dparam_at": [layer, unit, leaf],
+                    "smallest_preact": smallest,
+                    "preact_at": [z_layer, int(example), int(z_unit)],
+                    "kink": abs(smallest) < KINK_TOL and (z_layer, int(z_unit)) == (layer, unit)}
+    return {"step": None, "kink": False}
+
+
 def step_times(setups: dict[str, Setup], chunk: int, rounds: int) -> dict[str, float]:
     """Median seconds per step of each setup, timed round-robin (one chunk each per round) so
     that the load of a shared machine falls on all of them alike; compile time excluded."""
@@ -240,6 +296,10 @@ def collect(args) -> tuple[dict[str, Any], dict]:
     for seed in starts[1:]:  # the verdict's first chunk only; the 100 steps are seed 0's
         by_start[str(seed)] = first_chunk(
             agreement(settings, layouts, tiny, chunk, 1, seed)[0])
+    # why a layout left the 1-device run beyond its bound: stepped again one step at a time
+    partings = [{"seed": seed, "setting": setting, "layout": layout,
+                 **parting(setting, layout, tiny, int(seed), chunk)}
+                for seed, setting, layout, _, _ in exceedances(by_start)]
 
     # timing: the global-scope layouts of the agreement check, and every other scope
     timed = {("global" + (f" ({layout[8:-1]})" if layout.startswith("data 8") else
@@ -259,7 +319,7 @@ def collect(args) -> tuple[dict[str, Any], dict]:
                    + ("(fake host devices sharing the CPU cores)"
                       if jax.devices()[0].platform == "cpu" else ""),
         "scopes": {}, "step_ms": {k: 1e3 * v for k, v in seconds.items()}, "agreement": agree,
-        "agreement_starts": by_start,
+        "agreement_starts": by_start, "partings": partings,
         "training_runs": record_runs(args, runs.values())
         + f" ({len(scopes)} programs of {len(seeds)} seeds, `num_seeds`)"}
     for label, (_, size) in scopes.items():
