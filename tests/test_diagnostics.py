@@ -15,6 +15,8 @@ from normlab.train.diagnostics import (
     layer_diagnostics,
     percentiles,
     power_decomposition,
+    unit_names,
+    unit_percentiles,
 )
 
 SHAPES = [(6, 5, 4, 3), (8, 7, 5), (16, 7)]  # NHWC, (N, L, C), dense (N, C)
@@ -359,6 +361,43 @@ def test_layer_diagnostics_flat_metrics_vs_numpy():
         close(out[f"diag/{name}/instance_mean_var_share"], ref["instance_mean_var_share"])
         assert all(v.shape == () and v.dtype == jnp.float32 for v in out.values())
     close(out["diag/conv_2/instance_std_var_norm"], np_power(conv)["instance_std_var_norm"])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_unit_percentiles_every_unit_vs_numpy(shape):
+    y = rand(shape, seed=19, loc=0.3)
+    flat = y.astype(np.float64).reshape(-1, shape[-1])
+    q = (15.0, 50.0, 85.0)
+    out = np.asarray(unit_percentiles(jnp.asarray(y), q), np.float64)
+    assert out.shape == (3, shape[-1])
+    # each unit's sample on its own, sorted, interpolated as Hyndman & Fan type 7
+    for c in range(shape[-1]):
+        x = np.sort(flat[:, c])
+        h = (len(x) - 1) * np.asarray(q) / 100
+        lo = np.floor(h).astype(int)
+        ref = x[lo] + (h - lo) * (x[np.minimum(lo + 1, len(x) - 1)] - x[lo])
+        close(out[:, c], ref)
+
+
+def test_unit_names_sort_as_units():
+    assert unit_names(3) == ["u0", "u1", "u2"]
+    names = unit_names(101)
+    assert names[7] == "u007" and names[100] == "u100" and sorted(names) == names
+
+
+def test_layer_diagnostics_every_unit_of_the_named_layers_only():
+    a, b = rand((20, 11), seed=20), rand((20, 3), seed=21)
+    preacts = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+    out = layer_diagnostics(preacts, activation="sigmoid", unit_layers=("a",))
+    default = layer_diagnostics(preacts, activation="sigmoid")
+    extra = sorted(set(out) - set(default))
+    assert extra == sorted(f"diag/a/p{p}/u{c:02d}" for p in (15, 50, 85) for c in range(11))
+    for p in (15, 50, 85):
+        for c in (0, 10):
+            close(out[f"diag/a/p{p}/u{c:02d}"], np.percentile(a[:, c].astype(np.float64), p))
+        close(out[f"diag/a/p{p}/u00"], np.asarray(default[f"diag/a/p{p}"], np.float64))
+    with pytest.raises(ValueError, match="unit_layers c not among the layers; valid: a, b"):
+        layer_diagnostics(preacts, activation="sigmoid", unit_layers=("c",))
 
 
 def test_layer_diagnostics_percentile_names_follow_q():

@@ -7,7 +7,9 @@ committed 50k single-seed records decide every claim but the 98% one within 5,00
 machine budget was 20 minutes). The learning rate is chosen for the *baseline* on validation
 (5,000 held-out training images): lr* = the `LR_GRID` lr with the best seed-mean final val
 accuracy. Both nets also run at `HIGH_LRS` (10, 60: 5× and 30× the earlier lr* of 2, the paper's
-BN-x5 / BN-x30), so "BN allows a higher lr" has its control. Claims are read on test.
+BN-x5 / BN-x30), so "BN allows a higher lr" has its control. Claims are read on test. The grid's
+runs record the 15/50/85th percentiles of every unit of the last hidden layer's sigmoid input
+(`config.diag_unit_layers`), so the drift claim is measured over all 100 units of each seed.
 
     python experiments/e4_bn_mnist/run.py              # 10 programs × 5 seeds × 4k steps
     python experiments/e4_bn_mnist/run.py --reuse      # reuse finished runs of the same code
@@ -52,7 +54,8 @@ STEPS = 4000
 SEEDS = 5
 THRESHOLDS = (0.90, 0.95, 0.97)
 CHANCE = 0.2  # final test accuracy below this: "stays at chance" (10 classes)
-LAYER = "layer_02/norm_act"  # the last hidden layer; the diagnostics record its unit 0
+LAYER = "layer_02/norm_act"  # the last hidden layer: every unit's percentiles recorded (grid)
+UNITS = 100
 PERCENTILES = ("p15", "p50", "p85")
 AHEAD_AFTER = 1000  # "higher throughout": the seed-mean BN curve above at every eval after this
 NETS = {"no BN": "none", "BN": "batch"}
@@ -69,17 +72,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def drift(run: RunResult, after: int) -> float | None:
-    """Mean over the 15/50/85th percentiles of unit 0's sigmoid input of (max − min) after
-    step `after`: how far the input distribution moves once training is under way."""
-    ranges = []
-    for p in PERCENTILES:
-        steps, values = run.series(f"diag/{LAYER}/{p}")
-        late = values[steps >= after]
-        if not len(late) or not np.all(np.isfinite(late)):
-            return None
-        ranges.append(float(late.max() - late.min()))
-    return float(np.mean(ranges))
+def unit_drift(run: RunResult, after: int) -> dict[str, list[float]] | None:
+    """Each unit's drift: the mean over p15/p50/p85 of its sigmoid input of |p(t) − p(T)| over
+    the evaluations t ≥ `after` (T: the last one, where the distribution ends up); and its
+    final spread p85(T) − p15(T), the scale control (BN changes the inputs' scale). None when
+    the run did not record every unit or a value is missing (a non-finite run)."""
+    drifts, spreads = np.zeros(UNITS), np.zeros(UNITS)
+    for u in range(UNITS):
+        for p in PERCENTILES:
+            steps, values = run.series(f"diag/{LAYER}/{p}/u{u:02d}")
+            late = values[steps >= after]
+            if not len(late) or len(steps) != len(run.series("test_accuracy")[0]):
+                return None
+            drifts[u] += np.mean(np.abs(late - late[-1])) / len(PERCENTILES)
+            spreads[u] += {"p15": -late[-1], "p50": 0.0, "p85": late[-1]}[p]
+    return {"drift": [round(float(d), 6) for d in drifts],
+            "spread": [round(float(w), 6) for w in spreads]}
 
 
 def _setting(runs: list[RunResult], after: int) -> dict[str, Any]:
@@ -91,7 +99,7 @@ def _setting(runs: list[RunResult], after: int) -> dict[str, Any]:
         "final_test": [final_metric(r, "test_accuracy") for r in runs],
         "steps_to": {f"{t:g}": [steps_to_reach(*c, t) for c in curves] for t in THRESHOLDS},
         "steps_to_median_ci": {f"{t:g}": list(_median_ci(runs, t)) for t in THRESHOLDS},
-        "drift": [drift(r, after) for r in runs],
+        "unit_drift": [unit_drift(r, after) for r in runs],
         "steps": curves[0][0].tolist(),
         "test_accuracy": [c[1].tolist() for c in curves],
     }
@@ -109,7 +117,8 @@ def collect(args) -> tuple[dict[str, Any], dict[str, Any]]:
     seeds = range(2 if args.tiny else SEEDS)
     after = 300 if args.tiny else AHEAD_AFTER
     runs = {(net, g): train_seeds(args, f"{'bn' if norm == 'batch' else 'plain'}_lr{g:g}",
-                                  f"{CONFIG}:norm={norm},lr={g}{tiny}", seeds)
+                                  f"{CONFIG}:norm={norm},lr={g}{tiny}", seeds,
+                                  diag_unit_layers=LAYER if g in grid else "")
             for g in (*grid, *high) for net, norm in NETS.items()}
     lr = choose_lr({g: runs["no BN", g] for g in grid}, "val_accuracy")
     results: dict[str, Any] = {
@@ -146,6 +155,28 @@ def _state(s: dict[str, Any]) -> str:
     if chance:
         words += f"{chance} of {n} stay at chance (final test < {CHANCE:g}); "
     return words + f"final test {fmt_mean_ci(finals, '.4f')}"
+
+
+def seed_drift(s: dict[str, Any], relative: bool = False) -> list[float | None]:
+    """Per seed, the mean drift over its units (None: units not recorded); `relative`: of
+    each unit's drift divided by its final spread p85 − p15."""
+    return [None if d is None else
+            float(np.mean(np.divide(d["drift"], d["spread"]) if relative else d["drift"]))
+            for d in s["unit_drift"]]
+
+
+def fraction_smaller(bn: dict[str, Any], plain: dict[str, Any]) -> list[float | None]:
+    """Per seed i, the fraction of (BN unit, no-BN unit) pairs of seed i in which the BN unit
+    drifts less (ties count half; 0.5: no difference). Units of two nets are not matched, so
+    every pair counts: the Mann-Whitney probability P(d_BN < d_noBN)."""
+    out = []
+    for b, p in zip(bn["unit_drift"], plain["unit_drift"], strict=True):
+        if b is None or p is None:
+            out.append(None)
+            continue
+        b, p = np.asarray(b["drift"])[:, None], np.asarray(p["drift"])[None, :]
+        out.append(float(np.mean((b < p) + 0.5 * (b == p))))
+    return out
 
 
 def _learns(s: dict[str, Any]) -> bool:
@@ -192,15 +223,25 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             + ")",
             "; ".join(f"lr {g:g}: BN {_state(b)}, no BN {_state(p)}" for g, p, b in highs),
             "reproduced" if wins else "not reproduced", n=n))
-    wd = _welch(bn["drift"], plain["drift"])
+    db, dp = seed_drift(bn), seed_drift(plain)
+    wd = _welch(db, dp)
     smaller = wd is not None and wd.p < 0.05 and wd.t < 0
+    fractions = _finite(fraction_smaller(bn, plain))
+    every_seed = len(fractions) == n and min(fractions) > 0.5
+    rb, rp = seed_drift(bn, relative=True), seed_drift(plain, relative=True)
+    wr = _welch(rb, rp)
     out.append(Verdict(
-        f"BN's sigmoid-input percentiles drift less (lr* {lr:g}, unit 0 of each seed)",
-        f"mean over p15/50/85 of max − min after step {after}: BN "
-        f"{fmt_mean_ci(bn['drift'], '.3f')} vs no BN {fmt_mean_ci(plain['drift'], '.3f')}, "
-        f"Welch p = {fmt(wd.p if wd else None, '.2g')}; one unit per seed (the diagnostics "
-        "record unit 0 only: all units not measured)",
-        "partly reproduced" if smaller else "not reproduced", n=n))
+        f"BN's sigmoid-input percentiles drift less (lr* {lr:g}, all {UNITS} last-layer units)",
+        f"rule: a unit's drift = mean over p15/50/85 of |p(t) − p(end)| over evaluations from "
+        f"step {after}; seed mean over units: BN {fmt_mean_ci(db, '.3f')} vs no BN "
+        f"{fmt_mean_ci(dp, '.3f')}, Welch p = {fmt(wd.p if wd else None, '.2g')}; "
+        "P(BN unit drifts less than a no-BN unit) per seed: "
+        + ", ".join(f"{f:.2f}" for f in fractions) + " (> 0.5 in "
+        f"{sum(f > 0.5 for f in fractions)}/{n} seeds); scale control, each unit's drift / its "
+        f"final p85 − p15: BN {fmt_mean_ci(rb, '.3f')} vs no BN {fmt_mean_ci(rp, '.3f')}, "
+        f"Welch p = {fmt(wr.p if wr else None, '.2g')}",
+        "reproduced" if smaller and every_seed else
+        "partly reproduced" if smaller or every_seed else "not reproduced", n=n))
     return out
 
 
@@ -236,13 +277,30 @@ def write_report(report: Report, results: dict[str, Any], figures: dict | None) 
                      fmt_mean_ci(s["final_val"], ".4f"), _state(s),
                      *(f"{fmt(m, '.0f')} [{fmt(lo, '.0f')}, {fmt(hi, '.0f')}] ({r}/{s['n']})"
                        for m, lo, hi, r in (med[f"{t:g}"] for t in THRESHOLDS)),
-                     fmt_mean_ci(s["drift"], ".3f")])
+                     fmt_mean_ci(_finite(seed_drift(s)), ".3f") if _finite(seed_drift(s))
+                     else "not recorded"])
     report.table(["net @ lr", "final val", "final test", *(f"→{t:.0%}" for t in THRESHOLDS),
-                  "drift (unit 0)"], rows)
+                  f"drift (mean of {UNITS} units)"], rows)
     report.text("\"→95%\": the first step with test accuracy ≥ 95% (evaluated every 100 "
-                "steps). Drift: mean over p15/50/85 of unit 0's sigmoid input of max − min "
-                f"after step {results['ahead_after']}, on a fixed batch of 1,000 training images "
-                "in eval mode; unit 0 of each seed (a different random unit per seed).")
+                "steps). Drift of a unit: the mean over p15/50/85 of its sigmoid input (last "
+                "hidden layer, on a fixed batch of 1,000 training images in eval mode) of "
+                f"|p(t) − p(end)| over the evaluations from step {results['ahead_after']}; the "
+                f"cell: mean ± 95% CI over seeds of each seed's mean over its {UNITS} units "
+                "(recorded for the lr-grid runs only).")
+    bn, plain = st[f"BN @ {lr:g}"], st[f"no BN @ {lr:g}"]
+    report.table(["seed", "BN drift (unit mean)", "no BN drift (unit mean)",
+                  "P(BN unit drifts less)", "BN drift / spread", "no BN drift / spread"],
+                 [[str(i), *(fmt(v, ".3f") for v in row[:2]), fmt(row[2], ".2f"),
+                   *(fmt(v, ".3f") for v in row[3:])]
+                  for i, row in enumerate(zip(seed_drift(bn), seed_drift(plain),
+                                              fraction_smaller(bn, plain),
+                                              seed_drift(bn, True), seed_drift(plain, True),
+                                              strict=True))])
+    report.text(f"Per seed at lr* = {lr:g}: P(BN unit drifts less) is the fraction of the "
+                f"{UNITS}×{UNITS} (BN unit, no-BN unit) pairs of that seed in which the BN unit's "
+                "drift is smaller (ties half; the units of two nets are not matched). Drift / "
+                "spread: the mean over units of each unit's drift divided by its final "
+                "p85 − p15 (a scale-free control: BN sets the inputs' scale).")
     caption = (f"Seed-mean test accuracy vs step at lr* = {lr:g} (the paper's Fig. 1a) and at "
                "the high learning rates, with and without BN")
     if figures is None:
@@ -272,6 +330,22 @@ def write_report(report: Report, results: dict[str, Any], figures: dict | None) 
             ax.set_ylabel("sigmoid input, last hidden layer, unit 0")
             ax.grid(True, alpha=0.3)
         report.figure(fig, "sigmoid_input_percentiles.png", caption)
+    caption = (f"Per-unit drift of the last hidden layer's sigmoid input at lr* = {lr:g}, every "
+               f"unit of every seed (n = {UNITS} × seeds per net)")
+    if figures is None:
+        report.existing_figure("unit_drift.png", caption)
+    else:
+        fig, (ax,) = new_figure(1)
+        pooled = {net: np.concatenate([d["drift"] for d in st[f"{net} @ {lr:g}"]["unit_drift"]
+                                       if d is not None]) for net in NETS}
+        bins = np.histogram_bin_edges(np.concatenate(list(pooled.values())), bins=40)
+        for i, (net, d) in enumerate(pooled.items()):
+            ax.hist(d, bins=bins, alpha=0.6, color=f"C{i}", label=net)
+        ax.set_xlabel("unit drift: mean over p15/50/85 of |p(t) − p(end)|")
+        ax.set_ylabel("units")
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        report.figure(fig, "unit_drift.png", caption)
     report.heading("Verdicts")
     claims = verdicts(results)
     report.text(verdict_table(claims))

@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.diag_every_steps = 0
     c.diag_batch_size = 256
+    # layers (paths as `collect_preacts` names them, comma-separated) whose every unit's
+    # percentiles the diagnostics also record, e.g. "layer_02/norm_act"; "": none
+    c.diag_unit_layers = ""
     c.keep_checkpoints = 3
     # model: `name` from the model registry, every other key is a constructor argument
     c.model = ml_collections.ConfigDict({"name": "mlp"})

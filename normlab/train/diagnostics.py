@@ -158,6 +158,26 @@ def percentiles(y: jax.Array, unit: int, q: Sequence[float] = DEFAULT_PERCENTILE
     return jnp.percentile(sample, jnp.asarray(q, jnp.float32), method="linear")
 
 
+def unit_percentiles(y: jax.Array, q: Sequence[float] = DEFAULT_PERCENTILES) -> jax.Array:
+    """`percentiles` of every unit at once: shape (len(q), C), row i the q[i]-th percentile of
+    each unit's sample y[:, ..., c] (same interpolation), float32.
+
+        p15_C, p50_C, p85_C = unit_percentiles(y_NC)
+    """
+    _check_units_last(y, "unit_percentiles")
+    if not q or any(not 0.0 <= p <= 100.0 for p in q):
+        raise ValueError(f"unit_percentiles: q must be non-empty values in [0, 100], got q={q}")
+    sample = y.astype(jnp.float32).reshape(-1, y.shape[-1])
+    return jnp.percentile(sample, jnp.asarray(q, jnp.float32), axis=0, method="linear")
+
+
+def unit_names(num_units: int) -> list[str]:
+    """The per-unit metric suffixes `u0`..`u9`, `u00`..`u99`, ...: zero-padded to one width so
+    that string order (how `jax.jit` returns dict keys) is unit order."""
+    width = len(str(num_units - 1))
+    return [f"u{c:0{width}d}" for c in range(num_units)]
+
+
 def _share(num: jax.Array, den: jax.Array) -> jax.Array:
     # An all-zero pre-activation has no power to share out: report 0 rather than NaN, which
     # a JSON metrics line cannot hold.
@@ -281,6 +301,7 @@ def layer_diagnostics(
     unit: int = 0,
     q: Sequence[float] = DEFAULT_PERCENTILES,
     saturation_threshold: float = DEFAULT_SATURATION,
+    unit_layers: Sequence[str] = (),
 ) -> dict[str, jax.Array]:
     """Every per-layer pre-activation diagnostic as flat `diag/<layer>/<metric>` scalars.
 
@@ -292,15 +313,23 @@ def layer_diagnostics(
       `instance_mean_var_share` (meaningful for dense layers too: channel-wise denormalization
       and across-example variance of a unit); and only for layers with more than one position
       per example (H·W > 1), where instance statistics exist: `instance_var_share`,
-      `instance_std_var_norm`. The unnormalized terms are `share · power`.
+      `instance_std_var_norm`. The unnormalized terms are `share · power`;
+    - for the layers named in `unit_layers` only (keys of `preacts`), the percentiles of every
+      unit c as `p15/u017`, ... (`unit_percentiles`; suffixes from `unit_names`): C·len(q)
+      more scalars a layer, so a drift can be measured over all units, not one.
 
-    Scalars are float32 0-d arrays; the function is jittable with `activation`, `unit`, `q` and
-    `saturation_threshold` static (a jitted call returns the same dict with its keys sorted as
-    strings, as `jax.jit` does for every dict output).
+    Scalars are float32 0-d arrays; the function is jittable with `activation`, `unit`, `q`,
+    `saturation_threshold` and `unit_layers` static (a jitted call returns the same dict with
+    its keys sorted as strings, as `jax.jit` does for every dict output).
 
         diag = jax.jit(functools.partial(layer_diagnostics, activation="sigmoid", unit=7))
         metrics = diag(collect_preacts(state))       # {"diag/Dense_2/p15": ..., ...}
     """
+    if unknown := sorted(set(unit_layers) - set(preacts)):
+        raise ValueError(
+            f"layer_diagnostics: unit_layers {', '.join(unknown)} not among the layers; valid: "
+            f"{', '.join(preacts)}"
+        )
     out: dict[str, jax.Array] = {}
     for layer, y in preacts.items():
         stats = activation_stats(
@@ -313,5 +342,9 @@ def layer_diagnostics(
         if math.prod(y.shape[1:-1]) > 1:
             keep += ["instance_var_share", "instance_std_var_norm"]
         stats |= {key: power[key] for key in keep}
+        if layer in unit_layers:
+            per_unit = unit_percentiles(y, q)
+            stats |= {f"p{p:g}/{name}": per_unit[i, c] for i, p in enumerate(q)
+                      for c, name in enumerate(unit_names(y.shape[-1]))}
         out |= {f"diag/{layer}/{key}": value for key, value in stats.items()}
     return out

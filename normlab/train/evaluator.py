@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -91,9 +91,14 @@ def make_batch_evaluator(model: nn.Module, prepare: Callable | None = None) -> C
 
 
 def make_diagnostics(
-    model: nn.Module, activation: str, prepare: Callable | None = None
+    model: nn.Module,
+    activation: str,
+    prepare: Callable | None = None,
+    unit_layers: Sequence[str] = (),
 ) -> Callable[..., dict]:
-    """`diagnostics(state, x) -> {"diag/<layer>/<metric>": value}` on a fixed batch, eval mode."""
+    """`diagnostics(state, x) -> {"diag/<layer>/<metric>": value}` on a fixed batch, eval mode;
+    the layers in `unit_layers` also with every unit's percentiles (`layer_diagnostics`)."""
+    unit_layers = tuple(unit_layers)
 
     @jax.jit
     def diagnostics(state: TrainState, x: jax.Array) -> dict:
@@ -101,6 +106,6 @@ def make_diagnostics(
             x = prepare(x)
         _, variables = model.apply(state.variables(), x, train=False, mutable=["intermediates"])
         preacts = collect_preacts(variables["intermediates"])
-        return layer_diagnostics(preacts, activation=activation)
+        return layer_diagnostics(preacts, activation=activation, unit_layers=unit_layers)
 
     return diagnostics

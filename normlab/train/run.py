@@ -311,7 +311,10 @@ def build_run(
         if restored is not None and config.num_seeds > 1 else {},
         _evaluate=make_evaluator(model, data.prepare),
         _evaluate_batches=make_batch_evaluator(model, data.prepare),
-        _diagnostics=make_diagnostics(model, config.model.activation, data.prepare),
+        _diagnostics=make_diagnostics(
+            model, config.model.activation, data.prepare,
+            unit_layers=[name for name in config.diag_unit_layers.split(",") if name],
+        ),
     )
 
 

@@ -132,6 +132,9 @@ def _check_sizes(config: ConfigDict) -> None:
     # 0 would delete every checkpoint as it is written: a run that cannot resume or be evaluated
     _at_least("keep_checkpoints", config.keep_checkpoints, 1, " (the newest checkpoints kept)")
     _at_least("pad_to", config.pad_to, 0, " (0: no padding)")
+    if not isinstance(config.diag_unit_layers, str):
+        raise ValueError("diag_unit_layers must be a string of comma-separated layer paths "
+                         f"('' for none), got {config.diag_unit_layers!r}")  # fmt: skip
 
 
 def _check_learning(config: ConfigDict) -> None:
