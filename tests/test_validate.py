@@ -121,6 +121,7 @@ FIELD_CASES = [
     ),
     (dict(weight_decay__l3=0.1), r"unknown field\(s\) l3 in weight_decay; valid: decoupled, l1, "),
     (dict(mesh__pipe=2), r"unknown field\(s\) pipe in mesh; valid: data, model, stage"),
+    (dict(diag_unit_layers=None), r"diag_unit_layers must be a string of comma-separated"),
     (dict(evals={}), r"config.evals must name at least one split"),
     (dict(evals={"val/x": "test"}), r"metric prefix 'val/x' must be a name"),
     (dict(evals={"val": ""}), r"evals.val must name a split"),
