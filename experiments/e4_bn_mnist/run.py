@@ -303,9 +303,8 @@ def write_report(report: Report, results: dict[str, Any], figures: dict | None) 
                 "p85 − p15 (a scale-free control: BN sets the inputs' scale).")
     caption = (f"Seed-mean test accuracy vs step at lr* = {lr:g} (the paper's Fig. 1a) and at "
                "the high learning rates, with and without BN")
-    if figures is None:
-        report.existing_figure("test_accuracy.png", caption)
-    else:
+
+    def draw_accuracy():
         lrs = [lr, *results["high_lrs"]]
         fig, axes = new_figure(len(lrs))
         for ax, g in zip(axes, lrs, strict=True):
@@ -314,12 +313,13 @@ def write_report(report: Report, results: dict[str, Any], figures: dict | None) 
                              for net in NETS},
                         xlabel="step", ylabel="test accuracy (seed mean)", ylim=(0.0, 1.0),
                         title=f"lr {g:g}")
-        report.figure(fig, "test_accuracy.png", caption)
+        return fig
+
+    report.plot("test_accuracy.png", caption, None if figures is None else draw_accuracy)
     caption = ("15th, 50th and 85th percentiles of the input to unit 0 of the last hidden "
                f"layer's sigmoid at lr* = {lr:g}, seed 0 (Fig. 1b, c)")
-    if figures is None:
-        report.existing_figure("sigmoid_input_percentiles.png", caption)
-    else:
+
+    def draw_percentiles():
         fig, axes = new_figure(2, sharey=True)
         for ax, net in zip(axes, NETS, strict=True):
             run = figures["runs"][net, lr][0]
@@ -329,12 +329,14 @@ def write_report(report: Report, results: dict[str, Any], figures: dict | None) 
             ax.set_xlabel("step")
             ax.set_ylabel("sigmoid input, last hidden layer, unit 0")
             ax.grid(True, alpha=0.3)
-        report.figure(fig, "sigmoid_input_percentiles.png", caption)
+        return fig
+
+    report.plot("sigmoid_input_percentiles.png", caption,
+                None if figures is None else draw_percentiles)
     caption = (f"Per-unit drift of the last hidden layer's sigmoid input at lr* = {lr:g}, every "
                f"unit of every seed (n = {UNITS} × seeds per net)")
-    if figures is None:
-        report.existing_figure("unit_drift.png", caption)
-    else:
+
+    def draw_drift():
         fig, (ax,) = new_figure(1)
         pooled = {net: np.concatenate([d["drift"] for d in st[f"{net} @ {lr:g}"]["unit_drift"]
                                        if d is not None]) for net in NETS}
@@ -345,7 +347,9 @@ def write_report(report: Report, results: dict[str, Any], figures: dict | None) 
         ax.set_ylabel("units")
         ax.legend()
         ax.grid(True, alpha=0.3)
-        report.figure(fig, "unit_drift.png", caption)
+        return fig
+
+    report.plot("unit_drift.png", caption, None if figures is None else draw_drift)
     report.heading("Verdicts")
     claims = verdicts(results)
     report.text(verdict_table(claims))
