@@ -92,22 +92,24 @@ def randomize_affine(params: Any, key: jax.Array, spread: float = 0.2) -> Any:
 
 
 def power_by_depth(
-    x_NHWC: np.ndarray, label: str, *, depth: int, width: int, seed: int
-) -> dict[str, dict[str, list[float]]]:
-    """{"norm_input" | "preact": {measure: [value at layer 1..depth]}} for net `label` of NETS.
+    x_NHWC: np.ndarray, label: str, *, depth: int, width: int, seeds: Sequence[int]
+) -> list[dict[str, dict[str, list[float]]]]:
+    """For each seed, {"norm_input" | "preact": {measure: [value at layer 1..depth]}} of net
+    `label` of NETS with its kernels and random affine parameters drawn from that seed.
 
     The net runs in train mode (BN normalizes with the statistics of this batch, as in the
-    paper's analysis) on `x_NHWC`, with random affine parameters drawn from `seed`.
+    paper's analysis) on `x_NHWC`. The seeds run one after the other inside one compiled program
+    (`lax.map`): a 50-layer net compiles once, and only one net's activations are alive at a
+    time.
     """
     norm, norm_kwargs, conv = NETS[label]
     net = RandomConvNet(depth=depth, width=width, norm=norm, norm_kwargs=norm_kwargs, conv=conv)
-    init_key, affine_key = jax.random.split(jax.random.key(seed))
     x = jnp.asarray(x_NHWC, jnp.float32)
-    variables = dict(net.init(init_key, x, train=False))
-    variables["params"] = randomize_affine(variables["params"], affine_key)
 
-    @jax.jit
-    def terms(variables):
+    def terms(key: jax.Array) -> dict[str, dict[str, jax.Array]]:
+        init_key, affine_key = jax.random.split(key)
+        variables = dict(net.init(init_key, x, train=False))
+        variables["params"] = randomize_affine(variables["params"], affine_key)
         _, state = net.apply(variables, x, train=True, mutable=["intermediates", "batch_stats"])
         found = state["intermediates"]
         tensors = {NORM_INPUT: list(found[NORM_INPUT]),
@@ -115,16 +117,15 @@ def power_by_depth(
         return {where: {m: jnp.stack([power_decomposition(y)[m] for y in ys]) for m in MEASURES}
                 for where, ys in tensors.items()}
 
-    return jax.tree.map(lambda a: np.asarray(a, np.float64).tolist(), terms(variables))
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    by_seed = jax.jit(lambda k: jax.lax.map(terms, k))(keys)
+    return [jax.tree.map(lambda a, i=i: np.asarray(a[i], np.float64).tolist(), by_seed)
+            for i in range(len(seeds))]
 
 
-def mean_over_seeds(
+def over_seeds(
     x_NHWC: np.ndarray, labels: Sequence[str], *, depth: int, width: int, seeds: Sequence[int]
-) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """`power_by_depth` for every label, averaged over random nets (one per seed)."""
-    out = {}
-    for label in labels:
-        runs = [power_by_depth(x_NHWC, label, depth=depth, width=width, seed=s) for s in seeds]
-        out[label] = jax.tree.map(lambda *v: np.mean(v, axis=0).tolist(), *runs,
-                                  is_leaf=lambda v: isinstance(v, list))
-    return out
+) -> dict[str, list[dict[str, dict[str, list[float]]]]]:
+    """`power_by_depth` for every label: {label: [one random net's measures per seed]}."""
+    return {label: power_by_depth(x_NHWC, label, depth=depth, width=width, seeds=seeds)
+            for label in labels}
