@@ -6,7 +6,8 @@ ensembles of 2 nets has a higher accuracy and a lower NLL than its average membe
 holds for any members, by Jensen's inequality: what the test adds is that the ensemble
 evaluation averages real trained members, group by group), and so has each snapshot ensemble
 against its own snapshots. Whether an ensemble beats its best member, or one longer net, is
-left to the verdicts, checked against the numbers. The transfer part is not run: "not tested".
+left to the verdicts, checked against the numbers. The transfer part is not run: "not tested";
+its conv config (configs/e12_conv_transfer.py) is checked to name the splits the verdict states.
 """
 
 from pathlib import Path
@@ -71,3 +72,29 @@ def test_e12_tiny_ensembles(tmp_path, monkeypatch):
     assert "(b) Transfer with few labels: not run" in text and "| training runs | 8 runs" in text
     for name in ("ensembles.png", "snapshot_run.png", "results.json"):
         assert (out / name).exists()
+
+
+def test_conv_transfer_configs_name_the_splits_the_verdict_describes():
+    """configs/e12_conv_transfer.py (not run on CPU: the "not tested" verdict states its cost):
+    source on classes 0-4, targets on the first n images of classes 5-9, val held out of the
+    target's training images (disjoint from every target's training split), test = test."""
+    from normlab.config import load_config
+    from normlab.train.validate import validate
+
+    spec = f"{Path(__file__).resolve().parents[1]}/configs/e12_conv_transfer.py"
+    source = load_config(f"{spec}:num_seeds=5")
+    target = load_config(f"{spec}:target,labels=100,lr=0.03,freeze,source=runs/s/seeds/0")
+    for c in (source, target):
+        validate(c)
+        assert c.dataset == "cifar10" and c.model.name == "resnet8"
+        assert c.model.width_multiplier == 0.5 and dict(c.evals) == {
+            "val": "train[22500:]", "test": "test"}
+    assert (source.classes, source.train_split, source.num_seeds) == ("0,1,2,3,4",
+                                                                      "train[:22500]", 5)
+    assert source.total_steps == 30 * 176 and source.lr == 0.1 and not source.init_from.workdir
+    assert (target.classes, target.train_split, target.batch_size) == ("5,6,7,8,9",
+                                                                       "train[:100]", 100)
+    assert target.lr == 0.03 and target.total_steps == 1_000
+    assert target.init_from.workdir == "runs/s/seeds/0" and target.init_from.freeze_backbone
+    with pytest.raises(ValueError, match="a target trains on 1..22500 images"):
+        load_config(f"{spec}:target,labels=22501")
