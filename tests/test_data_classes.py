@@ -103,7 +103,8 @@ def test_training_on_a_subset_and_transfer_to_another(tmp_path):
     """A 3-class source on digits 0-2, then its frozen backbone under a new 3-class head on
     digits 7, 8, 9 trained on the first 64 of their images: both heads are 3 wide, each run's
     train and eval splits hold only its classes (the eval counts are the subsets' sizes), and
-    both learn their own labels (far above chance on their test digits)."""
+    both learn their own labels (far above chance on their test digits); the streamed input
+    path trains the source alike."""
     source = tmp_path / "source"
     train(_relu_net("classes=0,1,2"), source, progress=False)
     target = tmp_path / "target"
@@ -113,6 +114,13 @@ def test_training_on_a_subset_and_transfer_to_another(tmp_path):
         final = json.loads((workdir / "summary.json").read_text())["final"]
         assert final["test_examples"] == len(_reference("test", classes)[1])
         assert final["test_accuracy"] > 0.6, final  # 3 classes: chance is 1/3
+    # the streamed input path reads the same subset: the same run, loss for loss
+    streamed = tmp_path / "streamed"
+    train(_relu_net("classes=0,1,2", "data.pipeline=stream"), streamed, progress=False)
+    losses = [[r["train_loss"] for r in map(json.loads, (w / "metrics.jsonl").open())
+               if "train_loss" in r] for w in (source, streamed)]
+    assert len(losses[0]) >= 1
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
     heads = [load_saved(w).state.params["head"] for w in (source, target)]
     assert all(jax.tree.leaves(h)[0].shape[-1] == 3 for h in heads)
     with pytest.raises(ValueError, match=r"digits has classes 0\.\.9, not \[12\]"):
