@@ -1,47 +1,100 @@
-"""E12 tiny (digits): ensembles beat their members; the transfer part is not run.
+"""E12 tiny (digits, 8 runs of 200-400 steps): the ensembles part end to end, and every verdict
+it stores is the comparison recomputed here from its per-seed numbers (NumPy, scipy's Welch).
 
-At this size (300-step runs) only the robust directions are checked: each of the 2 independent
-ensembles of 3 nets has a higher accuracy and a lower NLL than its average member (the NLL part
+Only the robust directions are asserted of the nets themselves: each of the 2 independent
+ensembles of 2 nets has a higher accuracy and a lower NLL than its average member (the NLL part
 holds for any members, by Jensen's inequality: what the test adds is that the ensemble
-evaluation averages real trained members, group by group), and the verdicts read the groups.
-The MLP transfer is not trained (it cannot test the lecture's claim): its verdict is
-"not tested".
+evaluation averages real trained members, group by group), and so has each snapshot ensemble
+against its own snapshots. Whether an ensemble beats its best member, or one longer net, is
+left to the verdicts, checked against the numbers. The transfer part is not run: "not tested";
+its conv config (configs/e12_conv_transfer.py) is checked to name the splits the verdict states.
 """
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from normlab.reports.experiment import load_experiment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
+def _welch_p(a, b) -> float:
+    return stats.ttest_ind(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                           equal_var=False).pvalue
+
+
 @pytest.mark.slow
-def test_e12_tiny_ensembles_and_transfer(tmp_path, monkeypatch):
+def test_e12_tiny_ensembles(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_DATA_DIR", str(DATA))
     monkeypatch.setenv("NORMLAB_TFDS_DIR", str(tmp_path / "tfds"))
     out = tmp_path / "e12"
     results = load_experiment("e12_ensembles_transfer").main(["--tiny", "--out", str(out)])
     ens = results["ensembles"]
-    assert ens["ensemble_accuracy"] > np.mean(ens["single_accuracy"])
-    assert ens["ensemble_nll"] < np.mean(ens["single_nll"])
-    assert len(ens["by_size_accuracy"]) == 3
-    assert np.mean(ens["snapshot_ensemble_nll"]) < np.mean(ens["snapshot_member_nll"])
-    assert len(ens["single_accuracy"]) == 6 and len(ens["group_ensemble_accuracy"]) == 2
-    for acc, nll, m_acc, m_nll in zip(ens["group_ensemble_accuracy"], ens["group_ensemble_nll"],
-                                      ens["group_member_accuracy"], ens["group_member_nll"],
-                                      strict=True):
-        assert len(m_acc) == 3 and acc > np.mean(m_acc) and nll < np.mean(m_nll)
-    assert results["transfer"] == {}
+    assert len(ens["single_accuracy"]) == 4 and len(ens["by_size_accuracy"]) == 2
+    assert len(ens["long_accuracies"]) == 2 and len(ens["snapshot_ensemble_accuracy"]) == 2
+    groups = list(zip(ens["group_ensemble_accuracy"], ens["group_ensemble_nll"],
+                      ens["group_member_accuracy"], ens["group_member_nll"], strict=True))
+    assert len(groups) == 2
+    for acc, nll, m_acc, m_nll in groups:
+        assert len(m_acc) == 2 and acc > np.mean(m_acc) and nll < np.mean(m_nll)
+    assert np.all(np.less(ens["snapshot_ensemble_nll"], ens["snapshot_member_nll"]))
+
     claims = {v["claim"]: v for v in results["verdicts"]}
-    assert claims["an ensemble of 3 nets beats its best member (accuracy and NLL), in every "
-                  "independent ensemble"]["n"] == 2
+    assert len(claims) == 5
+    best = claims["an ensemble of 2 nets beats its best member (accuracy and NLL), in every "
+                  "independent ensemble"]
+    wins = sum(acc > max(m_acc) and nll < min(m_nll) for acc, nll, m_acc, m_nll in groups)
+    assert best["n"] == 2 and best["evidence"].startswith(f"{wins} of 2 ensembles")
+    assert best["verdict"] == ("reproduced" if wins == 2 else "not reproduced")
+
+    longer = claims["an ensemble of 2 nets beats one net trained 2× longer (accuracy and NLL)"]
+    e_acc, e_nll = [g[0] for g in groups], [g[1] for g in groups]
+    beats = (np.mean(e_acc) > np.mean(ens["long_accuracies"])
+             and np.mean(e_nll) < np.mean(ens["long_nlls"])
+             and _welch_p(e_acc, ens["long_accuracies"]) < 0.05
+             and _welch_p(e_nll, ens["long_nlls"]) < 0.05)
+    assert longer["n"] == 2 and longer["verdict"] == ("reproduced" if beats else "not reproduced")
+
+    for key, name, sign in (("accuracy", "accuracy", 1), ("nll", "NLL", -1)):
+        snap, single = ens[f"snapshot_ensemble_{key}"], ens[f"snapshot_single_{key}"]
+        claim = claims[f"a snapshot ensemble beats one run of the same length ({name})"]
+        beats = sign * (np.mean(snap) - np.mean(single)) > 0 and _welch_p(snap, single) < 0.05
+        assert claim["n"] == 2 and claim["verdict"] == ("reproduced" if beats else
+                                                        "not reproduced")
     transfer = "with few target labels a transferred backbone (frozen) beats training from scratch"
-    assert claims[transfer]["verdict"] == "not tested"
+    assert claims[transfer]["verdict"] == "not tested" and claims[transfer]["n"] is None
+
     text = (out / "report.md").read_text()
     assert "## (a) Ensembles vs single nets" in text and "| git revision |" in text
-    assert "(b) Transfer with few labels: not run" in text and "| training runs | 9 runs" in text
+    assert "(b) Transfer with few labels: not run" in text and "| training runs | 8 runs" in text
     for name in ("ensembles.png", "snapshot_run.png", "results.json"):
         assert (out / name).exists()
+
+
+def test_conv_transfer_configs_name_the_splits_the_verdict_describes():
+    """configs/e12_conv_transfer.py (not run on CPU: the "not tested" verdict states its cost):
+    source on classes 0-4, targets on the first n images of classes 5-9, val held out of the
+    target's training images (disjoint from every target's training split), test = test."""
+    from normlab.config import load_config
+    from normlab.train.validate import validate
+
+    spec = f"{Path(__file__).resolve().parents[1]}/configs/e12_conv_transfer.py"
+    source = load_config(f"{spec}:num_seeds=5")
+    target = load_config(f"{spec}:target,labels=100,lr=0.03,freeze,source=runs/s/seeds/0")
+    for c in (source, target):
+        validate(c)
+        assert c.dataset == "cifar10" and c.model.name == "resnet8"
+        assert c.model.width_multiplier == 0.5 and dict(c.evals) == {
+            "val": "train[22500:]", "test": "test"}
+    assert (source.classes, source.train_split, source.num_seeds) == ("0,1,2,3,4",
+                                                                      "train[:22500]", 5)
+    assert source.total_steps == 30 * 176 and source.lr == 0.1 and not source.init_from.workdir
+    assert (target.classes, target.train_split, target.batch_size) == ("5,6,7,8,9",
+                                                                       "train[:100]", 100)
+    assert target.lr == 0.03 and target.total_steps == 1_000
+    assert target.init_from.workdir == "runs/s/seeds/0" and target.init_from.freeze_backbone
+    with pytest.raises(ValueError, match="a target trains on 1..22500 images"):
+        load_config(f"{spec}:target,labels=22501")

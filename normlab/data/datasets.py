@@ -27,7 +27,7 @@ import io
 import logging
 import os
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from normlab.data.catalog import (
     image_folder_path,
 )
 from normlab.data.reader import ArraySplit, TfdsSplit
+from normlab.data.subset import ClassSubset, class_subset
 from normlab.registry import DATASETS
 
 __all__ = [
@@ -367,12 +368,21 @@ def open_split(
     *,
     data_dir: str | os.PathLike | None = None,
     tfds_dir: str | os.PathLike | None = None,
-) -> ArraySplit | TfdsSplit:
+    classes: Sequence[int] = (),
+) -> ArraySplit | TfdsSplit | ClassSubset:
     """Random access to `split` of `name`; TFDS split syntax ("train[:45000]", "train[90%:]").
+    `classes`: only the examples of these classes, relabelled 0..K-1 in this order, the split
+    string slicing that subset (`normlab.data.subset`).
 
         src = open_split("mnist", "test")
         batch = src.read(np.arange(128))    # {"image": (128, 28, 28, 1) uint8, "label": ...}
+        src = open_split("cifar10", "train[:100]", classes=(5, 6, 7, 8, 9))
     """
+    if classes:
+        num_classes = dataset_info(name, data_dir=data_dir, tfds_dir=tfds_dir).num_classes
+        return class_subset(lambda whole: open_split(name, whole, data_dir=data_dir,
+                                                     tfds_dir=tfds_dir),
+                            split, classes, num_classes, name)
     if name == "digits":
         return ArraySplit(*digits_split(split))
     source = tfds_source(name, split, data_dir=data_dir, tfds_dir=tfds_dir)
@@ -386,13 +396,15 @@ def load_arrays(
     *,
     data_dir: str | os.PathLike | None = None,
     tfds_dir: str | os.PathLike | None = None,
+    classes: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The whole split in memory: (images uint8 (N, H, W, C), labels int32 (N,)).
+    """The whole split in memory: (images uint8 (N, H, W, C), labels int32 (N,)); `classes` as
+    in `open_split`.
 
     For datasets that fit in memory; prepares the TFDS data from the archives if needed.
 
         x_NHWC, y_N = load_arrays("cifar10", "train[45000:]")    # the last 5,000, official order
     """
-    src = open_split(name, split, data_dir=data_dir, tfds_dir=tfds_dir)
+    src = open_split(name, split, data_dir=data_dir, tfds_dir=tfds_dir, classes=classes)
     batch = src.read(np.arange(len(src)))
     return batch["image"], batch["label"]

@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.tfds_dir = ""  # prepared TFDS data; "" = $NORMLAB_TFDS_DIR or ~/.cache/normlab/tfds
     c.train_split = "train"
     c.evals = ml_collections.ConfigDict({"eval": "test"})
+    # "5,6,7,8,9": only those classes, relabelled 0..4 in this order, in the train and eval
+    # splits alike, each split string slicing the subset ("train[:100]": its first 100);
+    # "": every class (normlab.data.subset)
+    c.classes = ""
     c.pad_to = 0
     c.preprocess = ml_collections.ConfigDict({"name": "none"})
     c.augment = ml_collections.ConfigDict()  # name -> kwargs, applied in order

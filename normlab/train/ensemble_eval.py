@@ -109,9 +109,7 @@ def evaluate_ensemble(
     config = first.config
     split = split or next(iter(config.evals.values()))
     batch_size = batch_size or config.eval_batch_size
-    images, labels = load_arrays(
-        config.dataset, split, data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None
-    )
+    images, labels = load_arrays(config.dataset, split, **inputs.data_kwargs(config))
     x = inputs.transform(first.preprocessor, inputs.to_float(images, config.pad_to))
     stacked = stack_members([s.state.variables() for s in saved])
     model = first.model

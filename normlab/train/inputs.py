@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 from normlab.data.datasets import dataset_info, load_arrays, open_split
 from normlab.data.loader import EpochSampler
 from normlab.data.preprocess import Preprocessor, from_state_dict, make_preprocessor
+from normlab.data.subset import check_classes, parse_classes
 from normlab.parallel.mesh import batch_sharded, replicated
 from normlab.parallel.plan import ParallelPlan
 from normlab.train.evaluator import padded_batches
@@ -78,17 +79,20 @@ def make_prepare(preprocessor: Preprocessor, pad_to: int = 0) -> Prepare:
     return prepare
 
 
+def data_kwargs(config: ConfigDict) -> dict:
+    """The config's data folders and class subset, as `open_split` / `load_arrays` take them."""
+    return {"data_dir": config.data_dir or None, "tfds_dir": config.tfds_dir or None,
+            "classes": parse_classes(config.classes)}
+
+
 def open_config_split(config: ConfigDict, split: str):
     """Random access to one split of the config's data set (`normlab.data.datasets.open_split`)."""
-    return open_split(
-        config.dataset, split, data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None
-    )
+    return open_split(config.dataset, split, **data_kwargs(config))
 
 
 def load_split(config: ConfigDict, split: str, name: str | None = None) -> Split:
     """One split (a TFDS split string) of the config's data set."""
-    kwargs = {"data_dir": config.data_dir or None, "tfds_dir": config.tfds_dir or None}
-    return Split(name or split, *load_arrays(config.dataset, split, **kwargs))
+    return Split(name or split, *load_arrays(config.dataset, split, **data_kwargs(config)))
 
 
 def load_splits(config: ConfigDict, *, evals: bool = True) -> tuple[Split, dict[str, Split]]:
@@ -100,8 +104,12 @@ def load_splits(config: ConfigDict, *, evals: bool = True) -> tuple[Split, dict[
 
 
 def num_classes(config: ConfigDict) -> int:
-    """Classes of the config's data set (known before the data is prepared)."""
-    return dataset_info(config.dataset, prepare=False).num_classes
+    """Classes of the config's data set (known before the data is prepared), or of its class
+    subset (`config.classes`, checked against the data set's)."""
+    total = dataset_info(config.dataset, prepare=False).num_classes
+    classes = parse_classes(config.classes)
+    check_classes(classes, total, config.dataset)
+    return len(classes) or total
 
 
 def fit_preprocessor(config: ConfigDict, train_x: np.ndarray) -> Preprocessor:

@@ -221,6 +221,7 @@ def _check_model(config: ConfigDict) -> None:
 
 def _check_data(config: ConfigDict) -> None:
     from normlab.data.preprocess import make_preprocessor
+    from normlab.data.subset import parse_classes
 
     # the name itself is looked up when the data loads, before anything compiles: besides
     # normlab's own data sets it may be any TFDS data set prepared in tfds_dir
@@ -232,6 +233,7 @@ def _check_data(config: ConfigDict) -> None:
                              f"{config[name]!r}")  # fmt: skip
     if not isinstance(config.train_split, str) or not config.train_split:
         raise ValueError(f"train_split must name a split, e.g. 'train', got {config.train_split!r}")
+    parse_classes(config.classes)  # against the data set's classes when it loads
     if not config.evals:
         raise ValueError("config.evals must name at least one split, e.g. {'eval': 'test'}")
     for prefix, split in config.evals.items():
