@@ -91,6 +91,12 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
                      cell["val"], cell["test"], cell["gap"]])
     report.table(["method", "strength (← chosen: best val acc)", "train acc", "val acc",
                   "test acc", "gap"], rows, spec=".4f")
+    edges = _grid_edges(results)
+    if edges:
+        report.text("Chosen at an end of its grid: " + ", ".join(
+            f"{LABELS[m]} {chosen[m]:g} ({end})" for m, end in edges.items())
+            + ". A better strength may lie beyond it; the comparisons below are of the chosen "
+            "strengths.")
     caption = ("MLP on the small training set: train and test accuracy over training (seed 0, "
                "chosen strength), and each regularizer's Δ gap and Δ test accuracy with 95% CIs")
     report.plot("regularizers.png", caption,
@@ -192,6 +198,16 @@ def _dropout_section(report: Report, check: dict[str, Any]) -> None:
 
     report.plot("dropout_expectation.png", "Mean train-mode logits over K masks vs the "
                 "test-time logits, inverted and classic dropout (the two forms coincide)", draw)
+
+
+def _grid_edges(results: dict[str, Any]) -> dict[str, str]:
+    """The regularizers whose chosen strength is the smallest or largest of their grid (of
+    more than one value): "lowest" / "highest"."""
+    out = {}
+    for m, values in results["grid_values"].items():
+        if len(values) > 1 and results["chosen"][m] in (min(values), max(values)):
+            out[m] = "lowest" if results["chosen"][m] == min(values) else "highest"
+    return out
 
 
 def _below(results: dict[str, Any], key: str, sign: int) -> list[str]:
