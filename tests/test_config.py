@@ -84,6 +84,21 @@ def test_config_arguments_reach_the_model():
     assert c.dataset == "fashion_mnist" and c.pad_to == 32
 
 
+def test_e7_blocks_sets_the_resnet_depth():
+    # a >= 20-block ResNet for stochastic depth: 27 blocks in three stages of 9
+    deep = load_config(f"{CONFIGS}/e7_regularization.py:net=resnet,blocks=27,"
+                       "method=stochastic_depth")
+    validate(deep)
+    assert tuple(deep.model.stage_sizes) == (9, 9, 9)
+    assert deep.model.stochastic_depth_rate == 0.5 and deep.total_steps == 1200
+    shallow = load_config(f"{CONFIGS}/e7_regularization.py:net=resnet")
+    assert tuple(shallow.model.stage_sizes) == (1, 1, 1)
+    with pytest.raises(ValueError, match=r"blocks must be a positive multiple of 3 .*blocks=20"):
+        load_config(f"{CONFIGS}/e7_regularization.py:net=resnet,blocks=20")
+    with pytest.raises(ValueError, match="blocks=6 needs net='resnet'"):
+        load_config(f"{CONFIGS}/e7_regularization.py:blocks=6")
+
+
 def test_validation_lists_valid_names():
     c = load_config(f"{CONFIGS}/mnist_mlp.py:norm=btach")
     with pytest.raises(ValueError, match="unknown norm 'btach'; valid norm names: .*batch"):

@@ -1,5 +1,5 @@
-"""normlab.sample_stats, normlab.reports.stats and the mean ± CI / verdict formatting, against
-scipy and NumPy."""
+"""normlab.sample_stats (welch_ci included), normlab.reports.stats and the mean ± CI / verdict
+formatting, against scipy and NumPy."""
 
 import math
 from pathlib import Path
@@ -26,6 +26,7 @@ from normlab.reports import (
     verdict_table,
     welch_test,
 )
+from normlab.sample_stats import welch_ci
 
 RNG_SEED = 20240611
 
@@ -108,6 +109,22 @@ def test_welch_test_matches_scipy(sizes):
     assert got.dof == pytest.approx(ref.df, rel=1e-12)
     with pytest.raises(ValueError, match="need >= 2 values per group, got 1 and 5"):
         welch_test([1.0], b[:5])
+
+
+@pytest.mark.parametrize("sizes", [(5, 5), (3, 8)])
+def test_welch_ci_matches_scipy_and_inverts_the_test(sizes):
+    rng = np.random.default_rng(RNG_SEED)
+    a = rng.normal(0.91, 0.01, size=sizes[0])
+    b = rng.normal(0.90, 0.03, size=sizes[1])
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert welch_ci(a, b) == pytest.approx((ref.low, ref.high), rel=1e-10)
+    ref99 = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.99)
+    assert welch_ci(a, b, 0.99) == pytest.approx((ref99.low, ref99.high), rel=1e-10)
+    # a bound at the difference shifted until the test's two-sided p is exactly 1 − level
+    low, _ = welch_ci(a, b)
+    assert welch_test(a - low, b).p == pytest.approx(0.05, rel=1e-8)
+    with pytest.raises(ValueError, match="need >= 2 values per group, got 2 and 1"):
+        welch_ci(a[:2], b[:1])
 
 
 def test_bootstrap_ci_agrees_with_scipy_percentile_bootstrap():
