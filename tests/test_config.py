@@ -77,6 +77,17 @@ def test_config_files_validate_and_shrink(name):
     assert "Expected" in (CONFIGS / f"{name}.py").read_text()  # docstring states the result
 
 
+@pytest.mark.parametrize("spec", ["cifar10_resnet", "fmnist_resnet", "e6_norms", "e3_residual_init",
+                                  "e7_regularization:net=resnet", "e12_conv_transfer",
+                                  "imagenet_resnet", "cifar10_speedrun"])
+def test_conv_configs_take_one_step_per_call(spec):
+    # XLA:CPU runs convolutions inside a scanned chunk ~11x slower (normlab.train.step.
+    # _scan_steps): a conv config that scans its steps makes every CPU run pay that
+    name, _, arg = spec.partition(":")
+    config = load_config(f"{CONFIGS / name}.py" + (f":{arg}" if arg else ""))
+    assert config.steps_per_call == 1
+
+
 def test_config_arguments_reach_the_model():
     c = load_config(f"{CONFIGS}/fmnist_resnet.py:norm=group+proxy,groups=4,act=silu,batch=8")
     assert c.model.norm == "group+proxy" and c.model.norm_kwargs.num_groups == 4
