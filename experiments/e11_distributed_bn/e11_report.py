@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from normlab.reports import Report, new_figure, plot_curves
-from normlab.reports.experiment import report_results
+from normlab.reports.experiment import report_results, show_training_runs
 from normlab.reports.markdown import Verdict, fmt_mean_ci, verdict_table
 from normlab.sample_stats import welch_test
 
@@ -45,8 +45,7 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
                + ("300" if tiny else "3,000") + " steps",
         "config": CONFIG,
     })
-    if results.get("training_runs"):
-        report.facts["training runs"] = results["training_runs"]
+    show_training_runs(report, results)
     report.text(
         "**Claim** (SPEC §3 E11): at a small per-device batch the scope of the BN statistics "
         "matters — statistics over the whole global batch (synchronized BN) train better than "

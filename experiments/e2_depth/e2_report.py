@@ -12,7 +12,7 @@ import numpy as np
 
 from normlab.config import load_config
 from normlab.reports import Report, Verdict, fmt, new_figure, plot_curves, verdict_table
-from normlab.reports.experiment import report_results
+from normlab.reports.experiment import report_results, show_training_runs
 from normlab.sample_stats import welch_test
 
 CONFIG = "configs/e2_depth.py"
@@ -51,8 +51,7 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
                 f"{n} seeds each",
         "config": CONFIG,
     })
-    if "training_runs" in results:
-        report.facts["training runs"] = results["training_runs"]
+    show_training_runs(report, results)
     report.text(
         "**Claim** (SPEC §3 E2, He et al. 2015): in a 30-layer plain ReLU net, Kaiming init "
         "(Var(W) = 2/fan_in) keeps the signal's scale through depth and the net trains; "

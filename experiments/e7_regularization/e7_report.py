@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from normlab.reports import Report, RunResult, Verdict, fmt, fmt_mean_ci, new_figure, plot_curves
-from normlab.reports.experiment import report_results
+from normlab.reports.experiment import report_results, show_training_runs
 from normlab.reports.markdown import verdict_table
 from normlab.sample_stats import summarize, welch_ci
 
@@ -53,8 +53,7 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
         "seeds": f"{len(seeds)} per reported setting ({', '.join(map(str, seeds))}); the "
                  "strength grid: seed 0",
     })
-    if results.get("training_runs"):
-        report.facts["training runs"] = results["training_runs"]
+    show_training_runs(report, results)
     n_values = sorted({len(v) for v in results["grid_values"].values()})
     report.text(
         "**Claim** (SPEC §3 E7): in a small-data regime dropout, L2, DropConnect, stochastic "

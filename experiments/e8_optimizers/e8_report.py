@@ -21,7 +21,7 @@ from normlab.reports import (
     verdict_table,
     welch_test,
 )
-from normlab.reports.experiment import report_results
+from normlab.reports.experiment import report_results, show_training_runs
 
 CONFIG = "configs/e8_optimizers.py"
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # the lr search's rungs
@@ -82,8 +82,7 @@ def write_report(report: Report, results: dict[str, Any], curves: dict | None) -
         "seeds": f"{n} per chosen setting ({_seeds_text(seeds)}, one num_seeds program each); "
                  f"the lr grids and base lrs: {_seeds_text(search)}",
     })
-    if results.get("training_runs"):
-        report.facts["training runs"] = results["training_runs"]
+    show_training_runs(report, results)
     report.text(
         "**Claim** (SPEC §1.6 and §3 E8; the lecture's optimizer comparison): on one net and "
         "data set, momentum (heavy ball, Nesterov) and the adaptive methods (AdaGrad, RMSProp, "

@@ -18,7 +18,7 @@ from normlab.reports import (
     plot_curves,
     verdict_table,
 )
-from normlab.reports.experiment import report_results
+from normlab.reports.experiment import report_results, show_training_runs
 from normlab.sample_stats import mean_ci, welch_test
 
 CONFIG = "configs/e9_preprocessing.py"
@@ -109,8 +109,7 @@ def write_report(report: Report, results: dict[str, Any], best: dict | None) -> 
         "config": CONFIG,
         "learning rates": f"search on {list(grid)} from {start:g} (module docstring)",
     })
-    if results.get("training_runs"):
-        report.facts["training runs"] = results["training_runs"]
+    show_training_runs(report, results)
     report.text(
         "**Claim** (SPEC §3 E9, after the CS231n lecture on data preprocessing): zero-centering, "
         "standardization and PCA/ZCA whitening speed up convergence, and with un-centered "

@@ -134,6 +134,13 @@ def record_runs(args: argparse.Namespace, runs: Iterable[RunResult]) -> str:
     return describe_runs(runs)
 
 
+def show_training_runs(report: Report, results: dict[str, Any]) -> None:
+    """The report's "training runs" fact: results.json's line from `record_runs`, where the
+    results have one (a --tiny run that trains nothing has none)."""
+    if results.get("training_runs"):
+        report.facts["training runs"] = results["training_runs"]
+
+
 def results_provenance(command: str | None = None, revision: str | None = None) -> dict[str, Any]:
     """Where results come from: the git revision (without "-dirty"), whether the tree was clean
     (no uncommitted changes to tracked files), the command and the UTC time. `revision`: as
