@@ -6,8 +6,10 @@ ensembles of 2 nets has a higher accuracy and a lower NLL than its average membe
 holds for any members, by Jensen's inequality: what the test adds is that the ensemble
 evaluation averages real trained members, group by group), and so has each snapshot ensemble
 against its own snapshots. Whether an ensemble beats its best member, or one longer net, is
-left to the verdicts, checked against the numbers. The transfer part is not run: "not tested";
-its conv config (configs/e12_conv_transfer.py) is checked to name the splits the verdict states.
+left to the verdicts, checked against the numbers. The transfer part (b) is not run by --tiny
+(its verdicts are "not tested" there): its choice of (lr, step) on val and its two verdicts are
+checked on made-up numbers against a by-hand choice and scipy's Welch CIs; its conv config
+(configs/e12_conv_transfer.py) is checked to name the splits the verdicts state.
 """
 
 from pathlib import Path
@@ -43,7 +45,7 @@ def test_e12_tiny_ensembles(tmp_path, monkeypatch):
     assert np.all(np.less(ens["snapshot_ensemble_nll"], ens["snapshot_member_nll"]))
 
     claims = {v["claim"]: v for v in results["verdicts"]}
-    assert len(claims) == 5
+    assert len(claims) == 6
     best = claims["an ensemble of 2 nets beats its best member (accuracy and NLL), in every "
                   "independent ensemble"]
     wins = sum(acc > max(m_acc) and nll < min(m_nll) for acc, nll, m_acc, m_nll in groups)
@@ -64,14 +66,70 @@ def test_e12_tiny_ensembles(tmp_path, monkeypatch):
         beats = sign * (np.mean(snap) - np.mean(single)) > 0 and _welch_p(snap, single) < 0.05
         assert claim["n"] == 2 and claim["verdict"] == ("reproduced" if beats else
                                                         "not reproduced")
-    transfer = "with few target labels a transferred backbone (frozen) beats training from scratch"
-    assert claims[transfer]["verdict"] == "not tested" and claims[transfer]["n"] is None
+    transfer = load_experiment("e12_ensembles_transfer").TRANSFER
+    for claim in (transfer.CLAIM_FEW, transfer.CLAIM_MANY):
+        assert claims[claim]["verdict"] == "not tested" and claims[claim]["n"] is None
 
     text = (out / "report.md").read_text()
     assert "## (a) Ensembles vs single nets" in text and "| git revision |" in text
-    assert "(b) Transfer with few labels: not run" in text and "| training runs | 8 runs" in text
+    assert "(b) Transfer with few labels: not run" in text and "--tiny: the conv" in text
+    assert "| training runs | 8 runs" in text
     for name in ("ensembles.png", "snapshot_run.png", "results.json"):
         assert (out / name).exists()
+
+
+def test_transfer_choice_is_the_best_seed_mean_val_point_with_every_seed():
+    """lr 0.1 at step 100 has the best val values but a seed without one (diverged): not
+    eligible; the best eligible seed-mean is lr 0.1 at step 200 (0.75 > 0.6), and the test
+    accuracy reported is that point's, not the best test point (lr 0.01, step 100)."""
+    transfer = load_experiment("e12_ensembles_transfer").TRANSFER
+    curves = {"lrs": [0.01, 0.1], "steps": [100, 200],
+              "val": [[[0.50, 0.60], [0.50, 0.62], [0.52, 0.58]],
+                      [[0.95, 0.70], [None, 0.90], [0.95, 0.65]]],
+              "test": [[[0.99, 0.60], [0.99, 0.61], [0.99, 0.59]],
+                       [[0.90, 0.71], [None, 0.72], [0.90, 0.69]]]}
+    c = transfer.choose(curves)
+    assert (c["lr"], c["step"]) == (0.1, 200) and c["test"] == [0.71, 0.72, 0.69]
+    assert c["val_mean"] == pytest.approx((0.70 + 0.90 + 0.65) / 3, rel=1e-15)
+    curves["val"][1][1][0] = 0.60  # seed 1 has a value there now: 2.5 / 3 > 0.75
+    assert (transfer.choose(curves)["lr"], transfer.choose(curves)["step"]) == (0.1, 100)
+
+
+def _one_point(test: list[float]) -> dict:
+    return {"lrs": [0.03], "steps": [200], "val": [[[0.5] for _ in test]],
+            "test": [[[t] for t in test]]}
+
+
+def test_transfer_verdicts_are_the_welch_cis_of_the_test_accuracies():
+    """Made-up test accuracies (5 seeds): with 100 labels frozen clearly beats scratch and
+    fine-tuned does not (its CI crosses 0): partly reproduced; with 1,000 labels fine-tuned
+    clearly beats frozen: reproduced. The CIs are scipy's Welch intervals."""
+    transfer = load_experiment("e12_ensembles_transfer").TRANSFER
+    acc = {"scratch_n100": [0.40, 0.42, 0.41, 0.43, 0.39],
+           "frozen_n100": [0.55, 0.56, 0.54, 0.57, 0.55],
+           "finetune_n100": [0.35, 0.50, 0.41, 0.46, 0.38],
+           "scratch_n1000": [0.60, 0.61, 0.62, 0.60, 0.59],
+           "frozen_n1000": [0.62, 0.63, 0.61, 0.62, 0.64],
+           "finetune_n1000": [0.70, 0.71, 0.69, 0.72, 0.70]}
+    results = {"curves": {k: _one_point(v) for k, v in acc.items()}}
+    few, many = transfer.transfer_verdicts(results, "unused")
+
+    def ci(a, b):
+        r = stats.ttest_ind(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                            equal_var=False)
+        return r.confidence_interval(0.95)
+
+    frozen = ci(acc["frozen_n100"], acc["scratch_n100"])
+    tuned = ci(acc["finetune_n100"], acc["scratch_n100"])
+    assert frozen.low > 0 and tuned.low < 0 < tuned.high
+    assert few.verdict == "partly reproduced" and few.n == 5
+    assert f"[{100 * frozen.low:+.1f}, {100 * frozen.high:+.1f}]" in few.evidence
+    assert f"[{100 * tuned.low:+.1f}, {100 * tuned.high:+.1f}]" in few.evidence
+    more = ci(acc["finetune_n1000"], acc["frozen_n1000"])
+    assert more.low > 0 and many.verdict == "reproduced" and many.n == 5
+    assert f"+8.0 points, 95% CI [{100 * more.low:+.1f}, {100 * more.high:+.1f}]" in many.evidence
+    not_run = transfer.transfer_verdicts(None, "why")
+    assert [v.verdict for v in not_run] == ["not tested"] * 2
 
 
 def test_conv_transfer_configs_name_the_splits_the_verdict_describes():

@@ -10,12 +10,13 @@ averaged, vs the cosine run of the same seed and T steps (5 seeds, Welch). Ensem
 members' probabilities (`normlab.train.ensemble_eval.evaluate_ensemble`); test accuracy and NLL
 on the 10,000 test images.
 
-(b) Transfer with few labels is not run: an MLP between MNIST and Fashion-MNIST cannot test the
-lecture's claim (pretrained conv features, a related task), and the conv test that can
-(configs/e12_conv_transfer.py: CIFAR-10 classes 0-4 → 5-9) costs far more CPU than this
-machine has (`TRANSFER_COST`, measured); its verdict is "not tested" (`TRANSFER_NOT_TESTED`).
+(b) Transfer with few labels (configs/e12_conv_transfer.py, e12_transfer.py): a ResNet-8 at
+width 0.5 trained on CIFAR-10 classes 0-4 (5 seeds, 500 steps), transferred with 100 and 1,000
+labels to classes 5-9: frozen backbone / fine-tuned / scratch, 2 learning rates each, 200 steps;
+lr and step chosen on val, test accuracy compared with Welch CIs. Not run with --tiny (the tiny
+test checks its selection and verdicts on made-up numbers).
 
-    python experiments/e12_ensembles_transfer/run.py          # 33 runs, ~10 min CPU
+    python experiments/e12_ensembles_transfer/run.py          # 98 runs, ~45 min CPU
     python experiments/e12_ensembles_transfer/run.py --reuse  # reuse finished runs of the same code
     python experiments/e12_ensembles_transfer/run.py --report-only  # from results.json alone
     python experiments/e12_ensembles_transfer/run.py --tiny --out /tmp/e12   # digits, seconds
@@ -44,6 +45,7 @@ from normlab.reports.experiment import (
     parse_experiment_args,
     record_runs,
     report_results,
+    sibling_module,
     train_config,
 )
 from normlab.train.ensemble_eval import evaluate_ensemble
@@ -59,21 +61,12 @@ TINY = dict(dataset="digits", steps=200, members=2, ensembles=2, long_seeds=2, s
             snap_seeds=(0, 1))
 
 
-# measured (2026-12-04, 150 steps, load 4-5 on the 2 cores): ResNet-8 at width 0.5, batch 128
-TRANSFER_COST = (
-    "ResNet-8 (width 0.5) took 2.6 s a step at batch 128 on this 2-core CPU (0.34-0.39 steps/s, "
-    "load 4-5): ~19 h for the 5 sources (26,400 seed-steps) and ~65 h for the 90 target runs "
-    "(3 methods × 2 label counts × 5 seeds × 3 learning rates, 1,000 steps each), against a "
-    "40-min budget")
-TRANSFER_NOT_TESTED = (
-    "The lecture's claim is about pretrained conv features transferred to a related task; an "
-    "MLP between MNIST and Fashion-MNIST cannot test it. configs/e12_conv_transfer.py (issue 18) "
-    "is the test: a ResNet-8 at width 0.5 trained on CIFAR-10 classes 0-4, transferred with 100 "
-    "and 1,000 labels to classes 5-9 (relabelled 0-4, `config.classes`): frozen backbone / "
-    "fine-tuned / scratch, 5 seeds, learning rate and steps chosen on 2,500 held-out training "
-    "images of classes 5-9, test accuracy on the 515 test images of those classes. Not run: "
-    f"{TRANSFER_COST}. On a GPU, the commands are in that config's docstring, starting with "
-    "`normlab train --config configs/e12_conv_transfer.py:num_seeds=5 --workdir runs/c5_source`.")
+# E12 (b): the conv transfer (configs/e12_conv_transfer.py), trained and judged there
+TRANSFER = sibling_module(__file__, "e12_transfer")
+# why (b) is skipped with --tiny: a conv source and 60 target runs on CIFAR-10 take ~45 min;
+# tests/test_experiments_e12_ensembles_transfer.py checks its selection and verdicts instead
+TRANSFER_NOT_RUN = ("--tiny: the conv transfer is not run (a ResNet-8 source and 60 target runs "
+                    f"on CIFAR-10; {TRANSFER.SOURCE_COST})")
 
 
 def _run(args, name: str, arg: str, **fields: Any) -> RunResult:
@@ -210,8 +203,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         size = TINY if args.tiny else FULL
         ens, ens_runs, runs = ensembles(args, size)
-        results = {"tiny": args.tiny, "ensembles": ens,
-                   "training_runs": record_runs(args, ens_runs)}
+        transfer, transfer_runs = (None, []) if args.tiny else TRANSFER.train_transfer(
+            args, TRANSFER.FULL)
+        results = {"tiny": args.tiny, "ensembles": ens, "transfer": transfer,
+                   "training_runs": record_runs(args, [*ens_runs, *transfer_runs])}
     write_report(report, results, runs)
     return results
 
@@ -225,14 +220,14 @@ def write_report(report: Report, results: dict[str, Any], runs: dict | None) -> 
         "**Claims** (SPEC §1.9, §3 E12): (a) an ensemble of K independently trained nets beats a "
         "single net in test accuracy and NLL; a snapshot ensemble (one run with M cosine cycles) "
         "beats a single run of the same length. (b) With few target labels, a backbone "
-        "transferred from another data set (frozen, new head) beats training from scratch.\n\n"
-        "**Setup**: configs/e12_ensembles_transfer.py — MLP 3 × 128 ReLU + BatchNorm, Kaiming "
+        "pretrained on a related task (frozen under a new head, or fine-tuned) beats training "
+        "from scratch; with more labels, fine-tuning beats freezing.\n\n"
+        "**Setup** (a): configs/e12_ensembles_transfer.py — MLP 3 × 128 ReLU + BatchNorm, Kaiming "
         "init, batch 128, Nesterov momentum 0.9, L2 5e-4, pixels in [0, 1]. The learning rate "
         "was fixed in advance, not tuned: 0.1."
     )
     _ensembles_section(report, results["ensembles"], size, runs)
-    report.heading("(b) Transfer with few labels: not run")
-    report.text(TRANSFER_NOT_TESTED)
+    TRANSFER.transfer_section(report, results.get("transfer"), _not_run(results))
     report.facts.update({
         "data": "digits (tiny)" if tiny else "Fashion-MNIST (60,000 train / 10,000 test)",
         "config": CONFIG,
@@ -281,10 +276,15 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             " vs ".join(_pm(v, 100) if higher else _pm(v, spec=".4f") for v in (snap, single))
             + (f", Welch p {p:.2g}" if p is not None else ""),
             "reproduced" if better else "not reproduced", n=snap_n))
-    out.append(Verdict(
-        "with few target labels a transferred backbone (frozen) beats training from scratch",
-        f"not run (configs/e12_conv_transfer.py): {TRANSFER_COST}", "not tested", n=None))
-    return out
+    return out + TRANSFER.transfer_verdicts(results.get("transfer"), _not_run(results))
+
+
+def _not_run(results: dict[str, Any]) -> str:
+    """Why the transfer part is missing: --tiny, or results from before it was run."""
+    if results["tiny"]:
+        return TRANSFER_NOT_RUN
+    return ("results from before configs/e12_conv_transfer.py was run here: "
+            f"{TRANSFER.SOURCE_COST}")
 
 
 def _verdict(ens: dict, size: dict) -> str:
