@@ -14,6 +14,7 @@ results.json; the README's table is `normlab.reports.experiment.experiments_over
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,28 @@ def test_report_step_reproduces_the_committed_report(name, tmp_path):
 
     assert body((tmp_path / "report.md").read_text()) == body((folder / "report.md").read_text())
     assert json.loads((tmp_path / "results.json").read_text()) == _stored(name)
+
+
+def _in_history(revision: str) -> bool | None:
+    """Whether `revision` is a commit of this checkout's history (None: no git here)."""
+    try:
+        found = subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", revision,
+                                "HEAD"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    if found.returncode not in (0, 1) and "not a git repository" in found.stderr:
+        return None
+    return found.returncode == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_results_come_from_a_clean_revision_in_this_history(name):
+    # a report names the revision its results came from so that a reader can check it out: one
+    # on a branch that was never merged (or only cherry-picked) cannot be
+    prov = _stored(name).get("provenance") or {}
+    revision = prov.get("git_revision")
+    assert revision and prov.get("clean"), f"{name}: results not from a clean, recorded revision"
+    found = _in_history(revision.removesuffix("-dirty"))
+    if found is None:
+        pytest.skip("not a git checkout")
+    assert found, f"{name}/results.json comes from {revision}, which is not in this history"
