@@ -16,7 +16,9 @@ classes 0-4, 515 of classes 5-9; the only test images in ../shared/datasets/cifa
 learning rate and the number of steps are chosen on val (evaluated every 100 steps), never on
 test.
 
-    # the source, 5 seeds in one program (seed i's model in runs/c5_source/seeds/<i>)
+    # the source, 5 seeds in one program (a GPU; seed i's model in runs/c5_source/seeds/<i>);
+    # on a CPU train each seed alone (vmapped convs are ~5x slower there): seed=$seed,
+    # --workdir runs/c5_source_s$seed, then source=runs/c5_source_s$seed below
     normlab train --config configs/e12_conv_transfer.py:num_seeds=5 --workdir runs/c5_source
     # the target runs, for seed in 0..4, n in 100 1000, lr in 0.01 0.03 0.1:
     normlab train --config configs/e12_conv_transfer.py:target,labels=$n,lr=$lr,seed=$seed \\

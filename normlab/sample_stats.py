@@ -73,6 +73,19 @@ class Welch:
     p: float
 
 
+def _welch_terms(a: Sequence[float], b: Sequence[float], caller: str
+                 ) -> tuple[np.float64, np.float64, np.float64]:
+    """(mean(a) − mean(b), its standard error √(s_a²/n_a + s_b²/n_b), the Welch–Satterthwaite
+    dof): what Welch's test and its CI share. Needs ≥ 2 values in each group."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"{caller}: need >= 2 values per group, got {len(a)} and {len(b)}")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    # NumPy scalars: equal constant groups give t = ±inf or nan (a warning), not an exception
+    return a.mean() - b.mean(), np.sqrt(va + vb), dof
+
+
 def welch_test(a: Sequence[float], b: Sequence[float]) -> Welch:
     """Welch's t-test of mean(a) = mean(b), two-sided. Needs ≥ 2 values in each group.
 
@@ -80,12 +93,8 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> Welch:
     """
     from scipy import stats as scipy_stats  # as in mean_ci
 
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"welch_test: need >= 2 values per group, got {len(a)} and {len(b)}")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    diff, se, dof = _welch_terms(a, b, "welch_test")
+    t = diff / se
     return Welch(float(t), float(dof), float(2 * scipy_stats.t.sf(abs(t), dof)))
 
 
@@ -99,13 +108,8 @@ def welch_ci(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tu
     """
     from scipy import stats as scipy_stats  # as in mean_ci
 
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"welch_ci: need >= 2 values per group, got {len(a)} and {len(b)}")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = scipy_stats.t.ppf((1 + level) / 2, dof) * math.sqrt(va + vb)
-    diff = a.mean() - b.mean()
+    diff, se, dof = _welch_terms(a, b, "welch_ci")
+    half = scipy_stats.t.ppf((1 + level) / 2, dof) * se
     return float(diff - half), float(diff + half)
 
 

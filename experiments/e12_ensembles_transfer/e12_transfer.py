@@ -131,9 +131,9 @@ def transfer_section(report: Report, transfer: dict[str, Any] | None, not_run: s
     report.heading("(b) Transfer with few labels (CIFAR-10 classes 0-4 → 5-9)")
     report.text(
         f"configs/e12_conv_transfer.py: ResNet-8 at width 0.5; sources trained "
-        f"{transfer['source_steps']:,} steps on classes 0-4 (val accuracy "
-        f"{fmt_mean_ci(transfer['source_val_accuracy'], '.1f', scale=100)}%, test "
-        f"{fmt_mean_ci(transfer['source_test_accuracy'], '.1f', scale=100)}% on their 485 test "
+        f"{transfer['source_steps']:,} steps on classes 0-4 (accuracy in %: val "
+        f"{fmt_mean_ci(transfer['source_val_accuracy'], '.1f', scale=100)}, test "
+        f"{fmt_mean_ci(transfer['source_test_accuracy'], '.1f', scale=100)} on their 485 test "
         f"images); targets {transfer['target_steps']:,} steps, evaluated every 100. Learning "
         "rate and step chosen by the seed-mean val accuracy (2,500 held-out target training "
         "images); test accuracy on the 515 test images of classes 5-9, mean ± 95% CI over seeds.")
