@@ -54,9 +54,8 @@ def _child(name: str, batch: int, steps: int) -> None:
         def step() -> None:
             jax.block_until_ready(stepper())
     else:
-        import torch
-
         from normlab.bench import torch_ref
+        torch = torch_ref.import_torch()
         torch.set_num_threads(CANDIDATES[name]["threads"])
         step = torch_ref.resnet20_step(x_np, y_np, channels_last=False)
     print(json.dumps(_time_steps(step, steps)))
@@ -73,6 +72,11 @@ def main() -> None:
     if args.child:
         _child(args.child, args.batch, args.steps)
         return
+    from normlab.bench import torch_ref
+    try:  # before any child starts: a missing torch names its install command
+        torch_ref.import_torch()
+    except ImportError as err:
+        raise SystemExit(str(err)) from None
     per_round: dict[str, list[float]] = {name: [] for name in CANDIDATES}
     loads = [os.getloadavg()[0]]
     for _ in range(args.rounds):
