@@ -60,6 +60,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# normlab's XLA:CPU flags (normlab/xla_cpu.py) go into XLA_FLAGS at its import: before the
+# backend starts below, so that this process compiles as its subprocesses do.
+import normlab  # noqa: E402, F401
+
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices; was jax imported too early?"
 
 REPO = Path(__file__).resolve().parents[1]
