@@ -5,7 +5,7 @@ Convolutions on Eigen, not YNNPACK. jaxlib 0.10's XLA:CPU hands some convolution
 strided ones. On the 2-core CPU they ran as fast pinned to one core as on two, while Eigen's
 convolution, which XLA uses for the rest, runs on both (BENCHMARKS.md, "conv paths vs PyTorch
 eager"): taking YNNPACK's convolutions out (`-individual_convolution`; its other fusions stay)
-made those convs' forward+backward 1.5–1.7× faster and ResNet-20's train step ~1.12× faster.
+made those convs' forward+backward 1.4–1.6× faster and ResNet-20's train step 1.23× faster.
 Both compute the same convolution; results differ in float32 rounding only.
 
 The flag must be in XLA_FLAGS before JAX creates its CPU backend (the first computation), so

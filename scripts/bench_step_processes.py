@@ -20,8 +20,11 @@ import subprocess
 import sys
 import time
 
+# normlab_xla_defaults: normlab's step with XLA:CPU's own defaults (YNNPACK convolutions,
+# normlab/xla_cpu.py)
 CANDIDATES = {
     "normlab": {},
+    "normlab_xla_defaults": {"env": {"NORMLAB_XLA_DEFAULTS": "1"}},
     "torch_2t": {"threads": 2},
     "torch_1t": {"threads": 1},
 }
@@ -43,7 +46,7 @@ def _child(name: str, batch: int, steps: int) -> None:
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((batch, 32, 32, 3)).astype(np.float32)
     y_np = rng.integers(0, 10, batch).astype(np.int32)
-    if name == "normlab":
+    if name.startswith("normlab"):
         import jax
         import jax.numpy as jnp
 
@@ -59,6 +62,14 @@ def _child(name: str, batch: int, steps: int) -> None:
         torch.set_num_threads(CANDIDATES[name]["threads"])
         step = torch_ref.resnet20_step(x_np, y_np, channels_last=False)
     print(json.dumps(_time_steps(step, steps)))
+
+
+def _child_env(name: str) -> dict[str, str]:
+    env = {**os.environ, **CANDIDATES[name].get("env", {})}
+    if "NORMLAB_XLA_DEFAULTS" in env:  # this process imported normlab: its flag is in XLA_FLAGS
+        from normlab.xla_cpu import EIGEN_CONVOLUTIONS
+        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(EIGEN_CONVOLUTIONS, "").strip()
+    return env
 
 
 def main() -> None:
@@ -83,7 +94,8 @@ def main() -> None:
         for name in CANDIDATES:
             out = subprocess.run([sys.executable, __file__, "--child", name, "--batch",
                                   str(args.batch), "--steps", str(args.steps)],
-                                 check=True, capture_output=True, text=True).stdout
+                                 check=True, capture_output=True, text=True,
+                                 env=_child_env(name)).stdout
             per_round[name].append(statistics.median(json.loads(out.splitlines()[-1])))
         loads.append(os.getloadavg()[0])
     rows = []
